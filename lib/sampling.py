@@ -1,0 +1,107 @@
+"""The vLLM sampling stage: a plain callable class ``(batch of requests) -> rows, one per sample``.
+
+A request row asks for the samples ``sample_indices`` of one question (``n = len(sample_indices)`` in
+one vLLM request, so they share the prompt's prefix cache). The stage returns one row per sample and
+never loses one: a request the engine rejects (e.g. a prompt longer than the context) yields rows
+with ``finish_reason="error"`` and the message in ``error``; the grader marks them ``status=error``.
+
+vLLM is imported lazily, inside the class, so this module imports on machines without it.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from typing import Any
+
+from lib.prompts import get_prompt
+
+log = logging.getLogger(__name__)
+
+SAMPLE_COLUMNS = ("question_id", "dataset", "kind", "sample_idx", "gold", "text", "num_tokens", "finish_reason", "error")
+
+
+@dataclass(frozen=True)
+class SamplingSettings:
+    """Sampling parameters of the run (recorded in every output); greedy requests use temperature 0."""
+
+    temperature: float = 0.7
+    top_p: float = 1.0
+    max_tokens: int = 512
+    stop: tuple[str, ...] = ()
+    extra: dict[str, Any] = field(default_factory=dict)  # any other vllm.SamplingParams field
+
+    def params(self, n: int, greedy: bool, max_tokens: int) -> Any:
+        from vllm import SamplingParams
+
+        return SamplingParams(
+            n=n,
+            temperature=0.0 if greedy else self.temperature,
+            top_p=1.0 if greedy else self.top_p,
+            max_tokens=max_tokens,
+            stop=list(self.stop) or None,
+            **self.extra,
+        )
+
+
+class VLLMSampler:
+    """Ray Data stage over ``vllm.LLM``: request rows in, one row per sample out."""
+
+    def __init__(self, model: str, prompt: str, settings: SamplingSettings, engine_kwargs: dict[str, Any]):
+        from vllm import LLM
+
+        from lib.models import resolve_model
+
+        self.template = get_prompt(prompt)
+        self.settings = settings
+        self.llm = LLM(model=resolve_model(model), **engine_kwargs)
+        self.tokenizer = self.llm.get_tokenizer()
+        self.max_model_len = self.llm.llm_engine.model_config.max_model_len
+
+    def __call__(self, batch: dict[str, Any]) -> dict[str, list]:
+        out: dict[str, list] = {c: [] for c in SAMPLE_COLUMNS}
+        prompts, params, owners = [], [], []
+        for i in range(len(batch["question_id"])):
+            indices = [int(x) for x in batch["sample_indices"][i]]
+            greedy = batch["kind"][i] == "greedy"
+            prompt = self.template.render(str(batch["question"][i]), self.tokenizer)
+            prompt_len = len(self.tokenizer.encode(prompt, add_special_tokens=False))
+            room = self.max_model_len - prompt_len
+            if room < 1:
+                self._emit(out, batch, i, indices, error=f"prompt has {prompt_len} tokens; max_model_len is {self.max_model_len}")
+                continue
+            prompts.append(prompt)
+            params.append(self.settings.params(len(indices), greedy, min(self.settings.max_tokens, room)))
+            owners.append((i, indices))
+        if prompts:
+            try:
+                results = self.llm.generate(prompts, params, use_tqdm=False)
+            except Exception as exc:  # noqa: BLE001 - an engine error must not lose the batch's samples
+                log.exception("vLLM generate failed for a batch of %d requests", len(prompts))
+                for i, indices in owners:
+                    self._emit(out, batch, i, indices, error=f"generate failed: {type(exc).__name__}: {exc}"[:500])
+                return out
+            for (i, indices), result in zip(owners, results):
+                completions = sorted(result.outputs, key=lambda o: o.index)
+                for sample_idx, completion in zip(indices, completions):
+                    self._append(out, batch, i, sample_idx, completion.text, len(completion.token_ids),
+                                 str(completion.finish_reason), None)
+                for sample_idx in indices[len(completions):]:
+                    self._append(out, batch, i, sample_idx, "", 0, "error", "engine returned fewer samples than requested")
+        return out
+
+    def _emit(self, out: dict, batch: dict, i: int, indices: list[int], error: str) -> None:
+        for sample_idx in indices:
+            self._append(out, batch, i, sample_idx, "", 0, "error", error)
+
+    @staticmethod
+    def _append(out: dict, batch: dict, i: int, sample_idx: int, text: str, num_tokens: int, finish: str, error: str | None) -> None:
+        out["question_id"].append(str(batch["question_id"][i]))
+        out["dataset"].append(str(batch["dataset"][i]))
+        out["kind"].append(str(batch["kind"][i]))
+        out["sample_idx"].append(sample_idx)
+        out["gold"].append(str(batch["gold"][i]))
+        out["text"].append(text)
+        out["num_tokens"].append(num_tokens)
+        out["finish_reason"].append(finish)
+        out["error"].append(error)
