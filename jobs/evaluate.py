@@ -110,6 +110,7 @@ class EvaluateConfig(StrictModel):
     grading_timeout_s: float = Field(DEFAULT_TIMEOUT_S, gt=0)
     max_error_fraction: float = Field(0.05, ge=0, le=1, description="fail when more samples than this end in status error")
     seed: int = 0
+    engine_log_level: str = Field("WARNING", description="vLLM's log level inside the sampling actors")
     engine: EngineConfig = Field(default_factory=EngineConfig)
     resources: ResourceConfig = Field(default_factory=ResourceConfig)
 
@@ -209,6 +210,7 @@ def run_sampling(config: EvaluateConfig, questions: list, output_dir: Path) -> N
         compute=ray.data.ActorPoolStrategy(size=res.num_engines),
         num_cpus=res.cpus_per_engine,
         num_gpus=res.gpus_per_engine,
+        runtime_env={"env_vars": {"VLLM_LOGGING_LEVEL": config.engine_log_level}},
     )
     ds = ds.map_batches(
         GradeAndStore,

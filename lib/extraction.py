@@ -18,12 +18,15 @@ from dataclasses import dataclass
 METHODS = ("boxed", "answer_is", "hash", "last_number", "none")
 
 _BOX_COMMANDS = ("\\boxed", "\\fbox")
-_ANSWER_IS = re.compile(
-    r"(?:the\s+)?(?:final\s+)?answer\s+is\s*[:：]?\s*(.+?)(?:\.\s|\.?\s*$|\n)",
-    re.IGNORECASE | re.DOTALL,
-)
+# Only the anchor is a regex; the answer after the last anchor is cut with plain string search, so a
+# long whitespace run cannot make the match quadratic (the old lazy ``(.+?)(?:\.\s|\.?\s*$|\n)``
+# pattern took minutes on 1 MB of spaces, in the caller's process, where no timeout can stop it).
+_ANSWER_IS = re.compile(r"(?:the\s+)?(?:final\s+)?answer\s+is\b\s*[:：]?\s*", re.IGNORECASE)
+_SENTENCE_END = re.compile(r"\.(?=\s|$)")
 _HASH = re.compile(r"####\s*([^\n]+)")
-_NUMBER = re.compile(r"-?\d[\d,]*(?:\.\d+)?|-?\.\d+")
+# A thousands separator is only a comma followed by exactly three digits: "1,000" is one number,
+# "1,2,3" is three.
+_NUMBER = re.compile(r"-?\d{1,3}(?:,\d{3})+(?:\.\d+)?|-?\d+(?:\.\d+)?|-?\.\d+")
 
 
 @dataclass(frozen=True)
@@ -67,7 +70,7 @@ def last_boxed(text: str) -> str | None:
 
 
 def _clean(answer: str) -> str | None:
-    answer = answer.strip().strip("$").strip()
+    answer = answer.strip().strip("*").strip().strip("$").strip()  # "**42**" (markdown bold), "$42$"
     answer = re.sub(r"^\\\(|\\\)$", "", answer).strip()
     answer = answer.rstrip(".").strip()
     return answer or None
@@ -80,9 +83,14 @@ def extract_answer(text: str | None) -> Extracted:
     boxed = last_boxed(text)
     if boxed is not None and boxed.strip():
         return Extracted(boxed.strip(), "boxed")
-    matches = list(_ANSWER_IS.finditer(text))
-    if matches:
-        answer = _clean(matches[-1].group(1))
+    anchor = None
+    for anchor in _ANSWER_IS.finditer(text):
+        pass
+    if anchor is not None:
+        newline = text.find("\n", anchor.end())
+        line = text[anchor.end() : newline if newline >= 0 else len(text)]
+        end = _SENTENCE_END.search(line)
+        answer = _clean(line[: end.start()] if end else line)
         if answer:
             return Extracted(answer, "answer_is")
     hashes = _HASH.findall(text)

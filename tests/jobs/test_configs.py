@@ -1,0 +1,27 @@
+"""Every shipped job config validates against its job's config model, and starts with the required comment."""
+
+from pathlib import Path
+
+import pytest
+
+from jobs.evaluate import EvaluateConfig
+from lib.config import load_config
+
+CONFIGS = Path(__file__).resolve().parents[2] / "jobs" / "configs"
+MODELS = {"evaluate": EvaluateConfig}
+
+
+@pytest.mark.parametrize("path", sorted(CONFIGS.glob("*.yaml")), ids=lambda p: p.name)
+def test_shipped_config_validates(path):
+    """Each YAML parses into its job's model (no unknown keys) and documents hardware and command."""
+    job = next(name for name in MODELS if path.name.startswith(name))
+    load_config(MODELS[job], path)
+    text = path.read_text()
+    assert text.startswith("#"), "configs start with a comment saying what they are for"
+    assert f"jobs.{job}" in text, "the comment shows the command that runs the config"
+
+
+def test_unknown_dataset_is_rejected_before_work():
+    """A dataset name typo fails at config load with the list of known datasets."""
+    with pytest.raises(ValueError, match="unknown dataset 'gsm9k'"):
+        load_config(EvaluateConfig, None, ["datasets=[gsm9k]"])
