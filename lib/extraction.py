@@ -7,7 +7,8 @@ Order of preference (the whole text is searched, never only its tail):
 3. the last ``#### ...`` line (GSM8K style);
 4. the last number in the text, *flagged* as a fallback (``Extracted.flagged``).
 
-``None`` when nothing is found. Extraction never raises on model output.
+``None`` when nothing is found. Extraction never raises on model output, and runs in the caller's
+process where no timeout can stop it, so every pattern here is linear-time (1 MB in milliseconds).
 """
 
 from __future__ import annotations
@@ -73,6 +74,8 @@ def _clean(answer: str) -> str | None:
     answer = answer.strip().strip("*").strip().strip("$").strip()  # "**42**" (markdown bold), "$42$"
     answer = re.sub(r"^\\\(|\\\)$", "", answer).strip()
     answer = answer.rstrip(".").strip()
+    if any(cmd in answer for cmd in _BOX_COMMANDS):  # "The answer is within \boxed{}": an empty box, no answer
+        return None
     return answer or None
 
 
