@@ -1,0 +1,64 @@
+"""metrics.json contents from stored verdicts: exact values, breakdowns, status counts, incomplete runs."""
+
+import json
+
+import pyarrow as pa
+import pytest
+
+from lib.data import Question
+from lib.report import IncompleteRunError, compute_metrics, plot_passk, summary_table, write_metrics_json
+
+
+def table(rows):
+    qid, idx, status, canonical = zip(*rows)
+    return pa.table({"question_id": list(qid), "sample_idx": list(idx), "status": list(status), "canonical": list(canonical)})
+
+
+QUESTIONS = [
+    Question("a/0", "a", "?", "1", level="Level 1"),
+    Question("a/1", "a", "?", "2", level="Level 2"),
+    Question("b/0", "b", "?", "3"),
+]
+SAMPLES = table(
+    [("a/0", i, s, c) for i, (s, c) in enumerate([("correct", "1"), ("incorrect", "7"), ("incorrect", "7"), ("no_answer", None)])]
+    + [("a/1", i, s, c) for i, (s, c) in enumerate([("timeout", None), ("incorrect", "5"), ("correct", "2"), ("correct", "2")])]
+    + [("b/0", i, s, c) for i, (s, c) in enumerate([("error", None), ("incorrect", "4"), ("incorrect", "4"), ("incorrect", "9")])]
+    + [("b/0", 4, "correct", "3")]  # an index beyond samples_per_question (from a larger earlier run): ignored
+)
+GREEDY = table([("a/0", 0, "correct", "1"), ("a/1", 0, "incorrect", "5"), ("b/0", 0, "no_answer", None)])
+
+
+def test_exact_values_per_dataset_and_level():
+    """a: c=1 and c=2 of 4 -> PassRatio 3/8, pass@2 = (1/2 + 5/6)/2; maj@4: a/0 loses 1-2, a/1 wins 2-1."""
+    m = compute_metrics(QUESTIONS, SAMPLES, GREEDY, 4)
+    a = m["a"]
+    assert a["num_questions"] == 2 and a["samples_per_question"] == 4
+    assert a["pass_ratio"] == pytest.approx(3 / 8)
+    assert a["pass@k"]["1"] == pytest.approx(3 / 8)
+    assert a["pass@k"]["2"] == pytest.approx((1 / 2 + 5 / 6) / 2)
+    assert a["pass@k"]["4"] == 1.0
+    assert a["maj@k"]["4"] == pytest.approx(0.5)
+    assert a["greedy_pass@1"] == 0.5
+    assert a["status_counts"] == {"correct": 3, "incorrect": 3, "no_answer": 1, "timeout": 1, "error": 0}
+    assert m["b"]["status_counts"] == {"correct": 0, "incorrect": 3, "no_answer": 0, "timeout": 0, "error": 1}
+    assert m["b"]["pass@k"]["4"] == 0.0 and m["b"]["greedy_pass@1"] == 0.0
+    assert m["b"]["greedy_status_counts"]["no_answer"] == 1
+    assert m["a/level=Level 2"]["pass_ratio"] == pytest.approx(0.5)
+    assert set(m) == {"a", "b", "a/level=Level 1", "a/level=Level 2"}
+
+
+def test_incomplete_run_is_an_error_not_a_number():
+    """A question with fewer samples than asked for stops the report and says how to resume."""
+    with pytest.raises(IncompleteRunError, match="rerun the job to resume"):
+        compute_metrics(QUESTIONS, SAMPLES, GREEDY, 5)
+
+
+def test_outputs_written(tmp_path):
+    """metrics.json is keyed by dataset and records the grader; the plot and table render."""
+    m = compute_metrics(QUESTIONS, SAMPLES, GREEDY, 4)
+    write_metrics_json(tmp_path / "metrics.json", m, {"grader_version": "g"})
+    saved = json.loads((tmp_path / "metrics.json").read_text())
+    assert saved["a"]["grader"] == {"grader_version": "g"} and saved["a"]["pass@k"]["4"] == 1.0
+    plot_passk(tmp_path / "passk.png", m)
+    assert (tmp_path / "passk.png").read_bytes()[:4] == b"\x89PNG"
+    assert "| a | 2 | 4 | 50.0 [" in summary_table(m)
