@@ -46,6 +46,7 @@ class Progress:
     counters: dict[str, float] = field(default_factory=dict)
     _start: float = field(default_factory=time.monotonic)
     _last_log: float = 0.0
+    _last_logged_done: int = -1
 
     def update(self, units: int = 1, **quantities: float) -> None:
         self.done += units
@@ -54,6 +55,7 @@ class Progress:
         now = time.monotonic()
         if now - self._last_log >= self.interval_s:
             self._last_log = now
+            self._last_logged_done = self.done
             self.logger.info(self.line())
 
     def line(self) -> str:
@@ -66,4 +68,6 @@ class Progress:
         return " | ".join(parts)
 
     def finish(self) -> None:
-        self.logger.info(self.line())
+        """Log the final line (unless the last update already logged this state)."""
+        if self._last_logged_done != self.done:
+            self.logger.info(self.line())

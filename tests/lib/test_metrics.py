@@ -134,3 +134,4 @@ def test_aggregate_averages_questions():
     assert out["maj@k"] == {"1": 0.5, "2": 0.5, "4": 0.5}
     assert out["pass_ratio"] == 0.5
     assert set(out["ci95"]) == {"greedy_pass@1", "pass@1", "pass@2", "pass@4", "maj@1", "maj@2", "maj@4", "pass_ratio"}
+
