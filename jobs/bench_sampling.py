@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import tempfile
 import time
 from pathlib import Path
@@ -26,6 +27,7 @@ from lib.models import resolve_model
 from lib.progress import setup_logging
 from lib.prompts import get_prompt
 from lib.sample_store import SampleStore
+from lib.sampling import cpu_binding_env
 
 log = logging.getLogger("mathray.bench_sampling")
 ENGINE = {"dtype": "bfloat16", "max_model_len": 2048, "gpu_memory_utilization": 0.2, "enforce_eager": True}
@@ -38,7 +40,7 @@ def bench_pipeline(args, output_dir: Path) -> tuple[float, int]:
         f"limit={args.questions}", f"samples_per_question={args.samples}", f"max_tokens={args.max_tokens}",
         "greedy=false", "stage=sample", f"output_dir={output_dir}", "temperature=0.7",
         f"resources.samples_per_request={args.samples}", f"resources.requests_per_batch={args.questions}",
-    ] + [f"engine.{k}={v}" for k, v in ENGINE.items()]
+    ] + [f"engine.{k}={v}" for k, v in ENGINE.items()] + [f"engine.cpu_threads_bind={args.cpu_threads_bind}"]
     start = time.perf_counter()
     evaluate(["--config", "jobs/configs/evaluate_tiny.yaml", *overrides])
     wall = time.perf_counter() - start
@@ -49,6 +51,7 @@ def bench_pipeline(args, output_dir: Path) -> tuple[float, int]:
 def bench_vllm(args, prompts: list[str]) -> tuple[float, float, int]:
     from vllm import LLM, SamplingParams
 
+    os.environ.update(cpu_binding_env(args.cpu_threads_bind))
     start = time.perf_counter()
     llm = LLM(model=resolve_model("default"), **ENGINE)
     gen_start = time.perf_counter()
@@ -77,10 +80,10 @@ def bench_transformers(args, prompts: list[str]) -> tuple[float, int]:
     return time.perf_counter() - start, tokens
 
 
-def bench_grading(output_dir: Path) -> tuple[float, float, int]:
+def bench_grading(output_dir: Path) -> tuple[float, float, int, list[int]]:
     table = SampleStore(output_dir).read("samples", ["question_id", "sample_idx", "text", "gold"])
     items = list(zip(table.column("text").to_pylist(), table.column("gold").to_pylist(), table.column("question_id").to_pylist()))
-    rates = []
+    rates, comparisons = [], []
     for cached in (True, False):
         with Grader() as grader:
             grader.grade("warm-up \\boxed{1}", "1")
@@ -90,7 +93,8 @@ def bench_grading(output_dir: Path) -> tuple[float, float, int]:
             else:  # a distinct cache key per sample: every sample is compared
                 grader.grade_many([(t, g, f"{q}#{i}") for i, (t, g, q) in enumerate(items)])
             rates.append(len(items) / (time.perf_counter() - start))
-    return rates[0], rates[1], len(items)
+            comparisons.append(grader.stats["comparisons"] - 1)
+    return rates[0], rates[1], len(items), comparisons
 
 
 def main() -> None:
@@ -100,6 +104,7 @@ def main() -> None:
     parser.add_argument("--max-tokens", type=int, default=256)
     parser.add_argument("--hf-questions", type=int, default=2)
     parser.add_argument("--hf-samples", type=int, default=8)
+    parser.add_argument("--cpu-threads-bind", default="all", help="vLLM CPU thread binding for (a) and (b): all | auto | nobind")
     args = parser.parse_args()
     setup_logging()
     questions = load_dataset("gsm8k", limit=args.questions)
@@ -115,14 +120,15 @@ def main() -> None:
         ray.shutdown()
         b_wall, b_gen, b_tokens = bench_vllm(args, prompts)
         c_wall, c_tokens = bench_transformers(args, prompts)
-        cached_rate, uncached_rate, num_graded = bench_grading(out)
+        cached_rate, uncached_rate, num_graded, comparisons = bench_grading(out)
     a, b, b_only, c = a_tokens / a_wall, b_tokens / b_wall, b_tokens / b_gen, c_tokens / c_wall
-    print(f"\nsampling: {args.questions} GSM8K questions x {args.samples} samples x <= {args.max_tokens} tokens, T=0.7, SmolLM2-135M bf16")
+    print(f"\nsampling: vLLM CPU thread binding {args.cpu_threads_bind!r}; {args.questions} GSM8K questions x {args.samples} samples x <= {args.max_tokens} tokens, T=0.7, SmolLM2-135M bf16")
     print(f"(a) evaluate pipeline   {a_tokens:>8} tokens in {a_wall:7.1f} s  {a:8.1f} tokens/s  (Ray + engine start included)")
     print(f"(b) bare vllm generate  {b_tokens:>8} tokens in {b_wall:7.1f} s  {b:8.1f} tokens/s  (engine start included; generate only: {b_only:.1f})")
     print(f"(c) transformers        {c_tokens:>8} tokens in {c_wall:7.1f} s  {c:8.1f} tokens/s  ({args.hf_questions} questions x {args.hf_samples} samples)")
     print(f"a/b = {a / b:.2f}   b/c = {b / c:.2f}   (b generate-only)/c = {b_only / c:.2f}")
-    print(f"grading {num_graded} samples: {cached_rate:.0f} samples/s with the answer cache, {uncached_rate:.0f} samples/s without ({cached_rate / uncached_rate:.1f}x)")
+    print(f"grading {num_graded} samples: {cached_rate:.0f} samples/s with the answer cache ({comparisons[0]} comparisons), "
+          f"{uncached_rate:.0f} samples/s without ({comparisons[1]} comparisons): {cached_rate / uncached_rate:.1f}x")
 
 
 if __name__ == "__main__":

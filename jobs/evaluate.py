@@ -74,10 +74,15 @@ class EngineConfig(StrictModel):
     max_num_seqs: int | None = Field(None, ge=1)
     enable_prefix_caching: bool = True
     seed: int = 0
+    cpu_threads_bind: str = Field(
+        "auto",
+        description="CPU backend only: 'auto' (vLLM's default: reserves a core for the scheduler), 'all' (OpenMP "
+        "threads on every core the actor sees: 1.7x tokens/s on a 2-core machine), 'nobind', or a list like '0-3'",
+    )
     extra: dict[str, Any] = Field(default_factory=dict)
 
     def kwargs(self) -> dict[str, Any]:
-        out = self.model_dump(exclude={"extra", "max_num_seqs"})
+        out = self.model_dump(exclude={"extra", "max_num_seqs", "cpu_threads_bind"})
         if self.max_num_seqs is not None:
             out["max_num_seqs"] = self.max_num_seqs
         return {**out, **self.extra}
@@ -205,7 +210,13 @@ def run_sampling(config: EvaluateConfig, questions: list, output_dir: Path) -> N
     ds = ray.data.from_items(requests, override_num_blocks=max(1, len(requests) // res.requests_per_batch))
     ds = ds.map_batches(
         VLLMSampler,
-        fn_constructor_kwargs={"model": config.model, "prompt": config.prompt, "settings": settings, "engine_kwargs": config.engine.kwargs()},
+        fn_constructor_kwargs={
+            "model": config.model,
+            "prompt": config.prompt,
+            "settings": settings,
+            "engine_kwargs": config.engine.kwargs(),
+            "cpu_threads_bind": config.engine.cpu_threads_bind,
+        },
         batch_size=res.requests_per_batch,
         compute=ray.data.ActorPoolStrategy(size=res.num_engines),
         num_cpus=res.cpus_per_engine,

@@ -11,6 +11,7 @@ vLLM is imported lazily, inside the class, so this module imports on machines wi
 from __future__ import annotations
 
 import logging
+import os
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -44,14 +45,29 @@ class SamplingSettings:
         )
 
 
+def cpu_binding_env(cpu_threads_bind: str) -> dict[str, str]:
+    """Environment for vLLM's CPU backend thread binding.
+
+    ``"all"`` binds the OpenMP threads to every core this process may run on, with no core reserved
+    for the engine's scheduler process (which then shares them); ``"auto"`` keeps vLLM's default.
+    """
+    if cpu_threads_bind == "auto":
+        return {}
+    if cpu_threads_bind == "all":
+        cores = sorted(os.sched_getaffinity(0))
+        return {"VLLM_CPU_OMP_THREADS_BIND": ",".join(map(str, cores)), "VLLM_CPU_NUM_OF_RESERVED_CPU": "0"}
+    return {"VLLM_CPU_OMP_THREADS_BIND": cpu_threads_bind}
+
+
 class VLLMSampler:
     """Ray Data stage over ``vllm.LLM``: request rows in, one row per sample out."""
 
-    def __init__(self, model: str, prompt: str, settings: SamplingSettings, engine_kwargs: dict[str, Any]):
+    def __init__(self, model: str, prompt: str, settings: SamplingSettings, engine_kwargs: dict[str, Any], cpu_threads_bind: str = "auto"):
         from vllm import LLM
 
         from lib.models import resolve_model
 
+        os.environ.update(cpu_binding_env(cpu_threads_bind))  # inherited by the engine's processes
         self.template = get_prompt(prompt)
         self.settings = settings
         self.llm = LLM(model=resolve_model(model), **engine_kwargs)
