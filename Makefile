@@ -17,7 +17,7 @@ install: $(STAMP)
 
 # Re-runs only when the dependency list changes. torch first, pinned, so pip takes the CPU build;
 # torchvision/torchaudio wheels are CUDA builds that break `import transformers` on CPU torch.
-$(STAMP): pyproject.toml
+$(STAMP): pyproject.toml Makefile
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q torch==2.13.0
 	$(PY) -m pip install -q -e '.[cpu,dev]'

@@ -116,6 +116,7 @@ class EvaluateConfig(StrictModel):
     max_error_fraction: float = Field(0.05, ge=0, le=1, description="fail when more samples than this end in status error")
     seed: int = 0
     engine_log_level: str = Field("WARNING", description="vLLM's log level inside the sampling actors")
+    ray_data_progress: bool = Field(False, description="also show Ray Data's own operator progress (verbose)")
     engine: EngineConfig = Field(default_factory=EngineConfig)
     resources: ResourceConfig = Field(default_factory=ResourceConfig)
 
@@ -205,6 +206,7 @@ def run_sampling(config: EvaluateConfig, questions: list, output_dir: Path) -> N
     log.info("sampling %d samples for %d questions (%d requests)", num_samples, len(pending), len(requests))
     if not ray.is_initialized():
         ray.init()
+    ray.data.DataContext.get_current().enable_progress_bars = config.ray_data_progress
     res = config.resources
     settings = SamplingSettings(config.temperature, config.top_p, config.max_tokens, get_prompt(config.prompt).stop)
     ds = ray.data.from_items(requests, override_num_blocks=max(1, len(requests) // res.requests_per_batch))
