@@ -180,6 +180,15 @@ def provenance(config: EvaluateConfig) -> dict:
     }
 
 
+def init_ray() -> None:
+    """Join the running cluster (``ray job submit`` / RAY_ADDRESS), or start a local one without the
+    dashboard (it costs CPU that a 2-core machine needs for sampling; ignored when joining). Never re-initializes."""
+    import ray
+
+    if not ray.is_initialized():
+        ray.init(include_dashboard=False)
+
+
 def run_sampling(config: EvaluateConfig, questions: list, output_dir: Path) -> None:
     import ray
 
@@ -204,8 +213,7 @@ def run_sampling(config: EvaluateConfig, questions: list, output_dir: Path) -> N
         pending[r["question_id"]] = pending.get(r["question_id"], 0) + 1
     num_samples = sum(len(r["sample_indices"]) for r in requests)
     log.info("sampling %d samples for %d questions (%d requests)", num_samples, len(pending), len(requests))
-    if not ray.is_initialized():
-        ray.init()
+    init_ray()
     ray.data.DataContext.get_current().enable_progress_bars = config.ray_data_progress
     res = config.resources
     settings = SamplingSettings(config.temperature, config.top_p, config.max_tokens, get_prompt(config.prompt).stop)
@@ -256,8 +264,7 @@ def run_grading(config: EvaluateConfig, questions: list, output_dir: Path) -> No
     staging = output_dir / ".regrade"
     shutil.rmtree(staging, ignore_errors=True)
     golds = {q.id: q.answer for q in questions}
-    if not ray.is_initialized():
-        ray.init()
+    init_ray()
     for kind in ("samples", "greedy"):
         parts = store.parts(kind)
         if not parts:

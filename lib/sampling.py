@@ -12,9 +12,11 @@ from __future__ import annotations
 
 import logging
 import os
+import time
 from dataclasses import dataclass, field
 from typing import Any
 
+from lib.progress import setup_logging
 from lib.prompts import get_prompt
 
 log = logging.getLogger(__name__)
@@ -67,12 +69,15 @@ class VLLMSampler:
 
         from lib.models import resolve_model
 
+        setup_logging()  # this runs in a Ray actor process: its own logging setup
+        start = time.monotonic()
         os.environ.update(cpu_binding_env(cpu_threads_bind))  # inherited by the engine's processes
         self.template = get_prompt(prompt)
         self.settings = settings
         self.llm = LLM(model=resolve_model(model), **engine_kwargs)
         self.tokenizer = self.llm.get_tokenizer()
         self.max_model_len = self.llm.llm_engine.model_config.max_model_len
+        log.info("vLLM engine ready in %.1f s (%s)", time.monotonic() - start, engine_kwargs)
 
     def __call__(self, batch: dict[str, Any]) -> dict[str, list]:
         out: dict[str, list] = {c: [] for c in SAMPLE_COLUMNS}
@@ -91,7 +96,11 @@ class VLLMSampler:
             owners.append((i, indices))
         if prompts:
             try:
+                start = time.monotonic()
                 results = self.llm.generate(prompts, params, use_tqdm=False)
+                elapsed = time.monotonic() - start
+                tokens = sum(len(o.token_ids) for r in results for o in r.outputs)
+                log.info("generated %d tokens for %d requests in %.1f s (%.0f tokens/s)", tokens, len(prompts), elapsed, tokens / elapsed)
             except Exception as exc:  # noqa: BLE001 - an engine error must not lose the batch's samples
                 log.exception("vLLM generate failed for a batch of %d requests", len(prompts))
                 for i, indices in owners:
