@@ -208,10 +208,10 @@ def run_sampling(config: EvaluateConfig, questions: list, output_dir: Path) -> N
     if not requests:
         log.info("all %d questions already have their samples; nothing to sample", len(questions))
         return
-    pending = {}
+    pending: dict[str, int] = {}  # question -> samples still to come (both kinds)
     for r in requests:
-        pending[r["question_id"]] = pending.get(r["question_id"], 0) + 1
-    num_samples = sum(len(r["sample_indices"]) for r in requests)
+        pending[r["question_id"]] = pending.get(r["question_id"], 0) + len(r["sample_indices"])
+    num_samples = sum(pending.values())
     log.info("sampling %d samples for %d questions (%d requests)", num_samples, len(pending), len(requests))
     init_ray()
     ray.data.DataContext.get_current().enable_progress_bars = config.ray_data_progress
@@ -243,8 +243,8 @@ def run_sampling(config: EvaluateConfig, questions: list, output_dir: Path) -> N
     progress = Progress("evaluate", total=len(pending), unit="questions")
     for batch in ds.iter_batches(batch_size=None, batch_format="pandas"):
         finished = 0
-        for qid in batch["question_id"]:
-            pending[qid] -= 1
+        for qid, num in zip(batch["question_id"], batch["num_samples"]):
+            pending[qid] -= int(num)
             finished += pending[qid] == 0
         progress.update(finished, samples=int(batch["num_samples"].sum()), tokens=int(batch["num_tokens"].sum()))
     progress.finish()

@@ -39,12 +39,15 @@ def raw_rows(out, kind="samples"):
     return sum(pq.read_metadata(p).num_rows for p in SampleStore(out).parts(kind))
 
 
-def test_1024_samples_extend_rerun_regrade(ray_cluster, tiny_model, tmp_path):
+def test_1024_samples_extend_rerun_regrade(ray_cluster, tiny_model, tmp_path, caplog):
     """1000 samples x 2 questions, then extended to 1024 (only the 24 missing per question are drawn),
     a rerun draws nothing, re-grading keeps every row; outputs have the documented shape."""
     out = tmp_path / "eval"
+    caplog.set_level("INFO", logger="mathray.progress")
     run(tiny_model, out, "limit=2", "samples_per_question=1000", "max_tokens=4", "resources.samples_per_request=128")
     assert raw_rows(out) == 2000 and raw_rows(out, "greedy") == 2
+    # several chunks of one question share a batch: progress still counts both questions as done
+    assert "evaluate: 2/2 questions | samples 2,002" in caplog.text
 
     metrics, table = run(tiny_model, out, "limit=2", "samples_per_question=1024", "max_tokens=4", "resources.samples_per_request=128")
     got = pairs(out)
