@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import math
 import time
 from pathlib import Path
 from typing import Any, Literal
@@ -217,7 +218,8 @@ def run_sampling(config: EvaluateConfig, questions: list, output_dir: Path) -> N
     ray.data.DataContext.get_current().enable_progress_bars = config.ray_data_progress
     res = config.resources
     settings = SamplingSettings(config.temperature, config.top_p, config.max_tokens, get_prompt(config.prompt).stop)
-    ds = ray.data.from_items(requests, override_num_blocks=max(1, len(requests) // res.requests_per_batch))
+    # Blocks of at most requests_per_batch rows: no block leaves a tiny remainder batch for the engine.
+    ds = ray.data.from_items(requests, override_num_blocks=math.ceil(len(requests) / res.requests_per_batch))
     ds = ds.map_batches(
         VLLMSampler,
         fn_constructor_kwargs={
@@ -240,8 +242,9 @@ def run_sampling(config: EvaluateConfig, questions: list, output_dir: Path) -> N
         compute=ray.data.ActorPoolStrategy(size=res.num_graders),
         num_cpus=res.cpus_per_grader,
     )
+    # prefetch_batches=0: a summary reaches the progress line when it is ready, not one batch later.
     progress = Progress("evaluate", total=len(pending), unit="questions")
-    for batch in ds.iter_batches(batch_size=None, batch_format="pandas"):
+    for batch in ds.iter_batches(batch_size=None, batch_format="pandas", prefetch_batches=0):
         finished = 0
         for qid, num in zip(batch["question_id"], batch["num_samples"]):
             pending[qid] -= int(num)
@@ -278,7 +281,7 @@ def run_grading(config: EvaluateConfig, questions: list, output_dir: Path) -> No
             num_cpus=config.resources.cpus_per_grader,
         )
         progress = Progress(f"re-grade {kind}", total=store.read(kind, ["question_id", "sample_idx"]).num_rows, unit="samples")
-        for batch in ds.iter_batches(batch_size=None, batch_format="pandas"):
+        for batch in ds.iter_batches(batch_size=None, batch_format="pandas", prefetch_batches=0):
             progress.update(int(batch["num_samples"].sum()))
         progress.finish()
         old = output_dir / f".old-{kind}"
