@@ -243,13 +243,13 @@ def run_sampling(config: EvaluateConfig, questions: list, output_dir: Path) -> N
         num_cpus=res.cpus_per_grader,
     )
     # prefetch_batches=0: a summary reaches the progress line when it is ready, not one batch later.
-    progress = Progress("evaluate", total=len(pending), unit="questions")
+    progress = Progress("evaluate", total=num_samples, unit="samples")  # ETA from samples: questions finish late
     for batch in ds.iter_batches(batch_size=None, batch_format="pandas", prefetch_batches=0):
         finished = 0
         for qid, num in zip(batch["question_id"], batch["num_samples"]):
             pending[qid] -= int(num)
             finished += pending[qid] == 0
-        progress.update(finished, samples=int(batch["num_samples"].sum()), tokens=int(batch["num_tokens"].sum()))
+        progress.update(int(batch["num_samples"].sum()), questions_done=finished, tokens=int(batch["num_tokens"].sum()))
     progress.finish()
 
 

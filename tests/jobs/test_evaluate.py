@@ -47,7 +47,7 @@ def test_1024_samples_extend_rerun_regrade(ray_cluster, tiny_model, tmp_path, ca
     run(tiny_model, out, "limit=2", "samples_per_question=1000", "max_tokens=4", "resources.samples_per_request=128")
     assert raw_rows(out) == 2000 and raw_rows(out, "greedy") == 2
     # several chunks of one question share a batch: progress still counts both questions as done
-    assert "evaluate: 2/2 questions | samples 2,002" in caplog.text
+    assert "evaluate: 2002/2002 samples | questions_done 2 (" in caplog.text
 
     metrics, table = run(tiny_model, out, "limit=2", "samples_per_question=1024", "max_tokens=4", "resources.samples_per_request=128")
     got = pairs(out)
