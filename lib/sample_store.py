@@ -16,7 +16,6 @@ import logging
 import os
 import uuid
 from collections import defaultdict
-from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
@@ -95,14 +94,6 @@ class SampleStore:
         for qid, idx in zip(table.column("question_id").to_pylist(), table.column("sample_idx").to_pylist()):
             done[qid].add(idx)
         return done
-
-    def replace_all(self, kind: str, tables: Iterable[pa.Table]) -> None:
-        """Swap in a re-graded copy of ``kind``: new parts first, then the old ones are removed."""
-        old = self.parts(kind)
-        for table in tables:
-            self.write(kind, table)
-        for path in old:
-            path.unlink()
 
 
 def _drop_duplicates(table: pa.Table) -> pa.Table:
