@@ -29,6 +29,10 @@ def format_duration(seconds: float) -> str:
     return f"{h}h{m:02d}m{s:02d}s" if h else f"{m}m{s:02d}s" if m else f"{s}s"
 
 
+def _number(value: float) -> str:
+    return f"{value:,.0f}" if float(value).is_integer() or abs(value) >= 1000 else f"{value:,.4f}"
+
+
 @dataclass
 class Progress:
     """Counts units of work (and any named quantities) and logs done/total, rates and ETA.
@@ -63,7 +67,7 @@ class Progress:
         rate = self.done / elapsed
         eta = (self.total - self.done) / rate if rate > 0 else float("inf")
         parts = [f"{self.name}: {self.done}/{self.total} {self.unit}"]
-        parts += [f"{key} {value:,.0f} ({value / elapsed:,.1f}/s)" for key, value in self.counters.items()]
+        parts += [f"{key} {_number(value)} ({value / elapsed:,.1f}/s)" for key, value in self.counters.items()]
         parts.append(f"elapsed {format_duration(elapsed)}, ETA {format_duration(eta) if self.done < self.total else '0s'}")
         return " | ".join(parts)
 
