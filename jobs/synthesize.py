@@ -170,7 +170,7 @@ class Run:
                 and self.error_fraction > self.config.max_error_fraction)
 
 
-def run_stage(config: SynthesizeConfig, seeds: list, output_dir: Path) -> tuple[Run, dict[str, Any]]:
+def run_stage(config: SynthesizeConfig, teacher: TeacherSettings, seeds: list, output_dir: Path) -> tuple[Run, dict[str, Any]]:
     """Stream the seeds through the client actors; write question rows to ``questions/``."""
     import ray
 
@@ -180,7 +180,7 @@ def run_stage(config: SynthesizeConfig, seeds: list, output_dir: Path) -> tuple[
     cache = RequestCache(output_dir / "cache.sqlite")
     already_spent = cache.total_cost()
     governor = ray.remote(num_cpus=0)(Governor).remote(
-        config.teacher.requests_per_minute, config.teacher.tokens_per_minute, config.budget_usd, already_spent)
+        teacher.requests_per_minute, teacher.tokens_per_minute, config.budget_usd, already_spent)
     questions_dir = output_dir / "questions"
     shutil.rmtree(questions_dir, ignore_errors=True)  # rebuilt from the cache: same rows, no requests
     questions_dir.mkdir(parents=True)
@@ -193,7 +193,7 @@ def run_stage(config: SynthesizeConfig, seeds: list, output_dir: Path) -> tuple[
     ds = ray.data.from_items(items, override_num_blocks=max(1, len(items) // config.resources.seeds_per_batch))
     ds = ds.map_batches(
         SynthesizeSeeds,
-        fn_constructor_kwargs={"teacher": config.teacher.model_dump(), "stage": config.stage.model_dump(),
+        fn_constructor_kwargs={"teacher": teacher.model_dump(), "stage": config.stage.model_dump(),
                                "cache_path": str(output_dir / "cache.sqlite"), "governor": governor},
         batch_size=config.resources.seeds_per_batch, concurrency=config.resources.num_clients,
         num_cpus=config.resources.cpus_per_client,
@@ -225,7 +225,7 @@ def provenance(config: SynthesizeConfig) -> dict[str, Any]:
     }
 
 
-def finalize(config: SynthesizeConfig, output_dir: Path, num_seeds: int, run: Run, ledger: dict[str, Any]) -> dict:
+def finalize(config: SynthesizeConfig, teacher: TeacherSettings, output_dir: Path, num_seeds: int, run: Run, ledger: dict[str, Any]) -> dict:
     questions = read_questions(output_dir / "questions")
     test_index = None
     if config.decontamination.enabled:
@@ -234,7 +234,7 @@ def finalize(config: SynthesizeConfig, output_dir: Path, num_seeds: int, run: Ru
                  config.decontamination.ngram)
     outcome = select(questions, exact=config.dedup.exact, near=config.dedup.near,
                      near_threshold=config.dedup.near_threshold, num_perm=config.stage.minhash_perm,
-                     test_index=test_index, teacher_model=config.teacher.model, verify=config.stage.filters.verify)
+                     test_index=test_index, teacher_model=teacher.model, verify=config.stage.filters.verify)
     files = write_dataset(outcome.rows, output_dir / "data")
     for name, records in (("duplicates.jsonl", outcome.duplicates), ("decontamination.jsonl", outcome.contaminated)):
         (output_dir / name).write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records))
@@ -248,10 +248,9 @@ def finalize(config: SynthesizeConfig, output_dir: Path, num_seeds: int, run: Ru
     card = data_card(questions, outcome, num_seeds=num_seeds, questions_per_seed=config.stage.questions_per_seed,
                      solutions_per_question=config.stage.solutions_per_question, verify=config.stage.filters.verify,
                      extra={"name": output_dir.name,
-                            "teacher": {"model": config.teacher.model, "base_url": config.teacher.base_url,
-                                        "temperature": config.teacher.temperature, "top_p": config.teacher.top_p,
-                                        "max_tokens": config.teacher.max_tokens,
-                                        "pricing": config.teacher.pricing.model_dump()},
+                            "teacher": {"model": teacher.model, "base_url": teacher.base_url,
+                                        "temperature": teacher.temperature, "top_p": teacher.top_p,
+                                        "max_tokens": teacher.max_tokens, "pricing": teacher.pricing.model_dump()},
                             "seeds": [s if isinstance(s, str) else s.model_dump() for s in config.seeds],
                             "min_agreement": config.stage.filters.min_agreement,
                             "decontamination": {"ngram": config.decontamination.ngram,
@@ -282,15 +281,17 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     with contextlib.ExitStack() as stack:
         if config.local_server is not None:
             server = stack.enter_context(LocalOpenAIServer(config.local_server, log_path=output_dir / "teacher_server.log"))
-            config.teacher = config.teacher.model_copy(update={"base_url": server.base_url, "model": config.local_server.served_name})
-        models = asyncio.run(preflight(config.teacher))
-        log.info("teacher %s at %s answers (serves %s)", config.teacher.model, config.teacher.base_url or "the OpenAI API", models[:5])
-        dump_config(config, output_dir / "config.yaml", provenance(config))
+            teacher = config.teacher.model_copy(update={"base_url": server.base_url, "model": config.local_server.served_name})
+        else:
+            teacher = config.teacher
+        models = asyncio.run(preflight(teacher))
+        log.info("teacher %s at %s answers (serves %s)", teacher.model, teacher.base_url or "the OpenAI API", models[:5])
+        dump_config(config, output_dir / "config.yaml", {**provenance(config), "teacher": teacher.model_dump()})
         from jobs.evaluate import init_ray
 
         init_ray()
-        run, ledger = run_stage(config, seeds, output_dir)
-    card = finalize(config, output_dir, len(seeds), run, ledger)
+        run, ledger = run_stage(config, teacher, seeds, output_dir)
+    card = finalize(config, teacher, output_dir, len(seeds), run, ledger)
     summary = {"rows": card["rows"], "questions": card["questions"], "seeds": len(seeds),
                "stages": card["stages"], "totals": card["totals"], "stopped_by_budget": card["stopped_by_budget"],
                "error_fraction": card["error_fraction"], "seconds": round(time.monotonic() - start, 1)}

@@ -13,7 +13,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from lib.data import Question
-from lib.extraction import last_boxed
+from lib.extraction import extract_answer
 
 # ----------------------------------------------------------------------------------------------- prompts
 
@@ -78,6 +78,10 @@ _MARKER = re.compile(r"(?:new\s+(?:math\s+)?(?:word\s+)?problem|new\s+question|p
 _TRAILER = re.compile(r"\n\s*(?:\*\*)?\s*(?:solution|answer|step\s*1|explanation|note)\b\s*[:：]?", re.IGNORECASE)
 
 
+_HAS_ANSWER = re.compile(r"\\boxed|####|\bthe (?:final )?answer (?:to (?:this|the) (?:problem|question) )?is\b",
+                         re.IGNORECASE)
+
+
 @dataclass(frozen=True)
 class ParsedQuestion:
     question: str | None
@@ -95,7 +99,7 @@ def parse_question(text: str, min_chars: int = 20, max_chars: int = 2000) -> Par
     body = body.replace("**", "").strip().strip('"').strip()
     if not body:
         return ParsedQuestion(None, "empty")
-    if "\\boxed" in body:
+    if _HAS_ANSWER.search(body):
         return ParsedQuestion(None, "has_answer")
     if len(body) < min_chars:
         return ParsedQuestion(None, "too_short")
@@ -104,20 +108,28 @@ def parse_question(text: str, min_chars: int = 20, max_chars: int = 2000) -> Par
     return ParsedQuestion(body, None)
 
 
-def boxed_answer(solution: str) -> str | None:
-    """The final answer of a teacher solution: the content of its last ``\\boxed{}`` (None without one)."""
-    answer = last_boxed(solution or "")
-    return answer.strip() if answer and answer.strip() else None
+def final_answer(solution: str) -> str | None:
+    """The final answer a teacher solution states, for voting: its last ``\\boxed{}``, else an explicit
+    "The answer is ..." or "#### ..." (never the last-number fallback); of "x = 5", the right-hand side.
+    None when it states none."""
+    found = extract_answer(solution or "")
+    if found.method not in ("boxed", "answer_is", "hash"):
+        return None
+    answer = found.answer.rsplit("=", 1)[-1].strip() if "=" in found.answer else found.answer
+    return answer or None
 
 
-def format_problem(solution: str, finish_reason: str | None, min_chars: int, max_chars: int) -> str | None:
+def format_problem(solution: str, finish_reason: str | None, min_chars: int, max_chars: int,
+                   require_boxed: bool = True) -> str | None:
     """Why a solution fails the format filter (None when it passes): truncated, not exactly one boxed
-    answer, or outside the length bounds."""
+    answer (at most one when ``require_boxed`` is False), or outside the length bounds."""
     if finish_reason == "length":
         return "truncated"
     count = solution.count("\\boxed")
-    if count != 1:
-        return "no_boxed" if count == 0 else "multiple_boxed"
+    if count > 1:
+        return "multiple_boxed"
+    if count == 0 and require_boxed:
+        return "no_boxed"
     if len(solution) < min_chars:
         return "too_short"
     if len(solution) > max_chars:

@@ -24,7 +24,7 @@ from lib.progress import setup_logging
 from lib.synthesis import (
     SOLUTION_PROMPT_NAME,
     VERIFY_PROMPT_NAME,
-    boxed_answer,
+    final_answer,
     format_problem,
     minhash_signature,
     parse_question,
@@ -70,6 +70,7 @@ class FilterConfig(StrictModel):
     question_max_chars: int = Field(2000, ge=1)
     solution_min_chars: int = Field(20, ge=0)
     solution_max_chars: int = Field(6000, ge=1)
+    require_boxed: bool = Field(True, description="keep only solutions with exactly one \\boxed{} answer")
 
 
 class StageSettings(StrictModel):
@@ -198,7 +199,7 @@ class SynthesizeSeeds:
             failed(c, f"solution {j}")
         if any(c.error == BUDGET_EXHAUSTED for c in sols):
             return finish("budget", "solutions incomplete")
-        answers = [boxed_answer(c.text) if c.ok else None for c in sols]
+        answers = [final_answer(c.text) if c.ok else None for c in sols]
         result = await asyncio.to_thread(vote, answers, self._equivalent, s.solutions_per_question)
         row["label"], row["votes"], row["agreement"] = result.label, result.votes, result.agreement
         solutions = [
@@ -209,7 +210,7 @@ class SynthesizeSeeds:
         ]
         row["solutions_json"] = json.dumps(solutions)
         if result.label is None:
-            return finish("no_answer", "no solution has a boxed answer")
+            return finish("no_answer", "no solution states a final answer")
         if result.agreement < f.min_agreement:
             return finish("low_agreement", f"{result.votes}/{s.solutions_per_question} agree")
 
@@ -217,7 +218,8 @@ class SynthesizeSeeds:
         for j in result.groups[0]:
             sol = solutions[j]
             sol["majority"] = True
-            sol["format"] = format_problem(sol["text"], sol["finish_reason"], f.solution_min_chars, f.solution_max_chars)
+            sol["format"] = format_problem(sol["text"], sol["finish_reason"], f.solution_min_chars, f.solution_max_chars,
+                                           f.require_boxed)
             if sol["format"] is None:
                 candidates.append(sol)
         if f.verify and candidates:

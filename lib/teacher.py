@@ -265,7 +265,7 @@ def _classify(exc: BaseException) -> tuple[str, bool, float | None]:
             except ValueError:
                 retry_after = None
         return str(status), status >= 500 or status in RETRYABLE_STATUS, retry_after
-    if isinstance(exc, (openai.APIResponseValidationError, ValueError, KeyError, TypeError, AttributeError)):
+    if isinstance(exc, (openai.APIResponseValidationError, ValueError, KeyError, IndexError, TypeError, AttributeError)):
         return "malformed", True, None
     return type(exc).__name__, True, None
 
@@ -336,6 +336,8 @@ class TeacherClient:
                 async with self._semaphore:
                     self.sent += 1
                     response = await client.chat.completions.create(model=self.settings.model, messages=messages, **params)
+                if not getattr(response, "choices", None):
+                    raise ValueError("response has no choices")
                 choice = response.choices[0]
                 text = choice.message.content
                 if not isinstance(text, str):

@@ -36,6 +36,11 @@ def synthesis_responder(messages: list[dict], seed: int) -> str:
     return "I do not understand."
 
 
+class _Server(ThreadingHTTPServer):
+    request_queue_size = 256  # the default backlog (5) refuses bursts of concurrent connections
+    daemon_threads = True
+
+
 class FakeTeacher:
     """``with FakeTeacher() as teacher: teacher.base_url`` -> http://127.0.0.1:PORT/v1.
 
@@ -54,9 +59,7 @@ class FakeTeacher:
         self.delay_s = delay_s
         self.lock = threading.Lock()
         self.log: list[dict] = []  # every chat request: {"body", "fault", "time"}
-        ThreadingHTTPServer.request_queue_size = 256  # the default backlog (5) refuses bursts of connections
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), self._handler())
-        self.server.daemon_threads = True
+        self.server = _Server(("127.0.0.1", 0), self._handler())
         self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
 
     @property

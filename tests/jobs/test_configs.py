@@ -5,10 +5,11 @@ from pathlib import Path
 import pytest
 
 from jobs.evaluate import EvaluateConfig
+from jobs.synthesize import SynthesizeConfig
 from lib.config import load_config
 
 CONFIGS = Path(__file__).resolve().parents[2] / "jobs" / "configs"
-MODELS = {"evaluate": EvaluateConfig}
+MODELS = {"evaluate": EvaluateConfig, "synthesize": SynthesizeConfig}
 
 
 @pytest.mark.parametrize("path", sorted(CONFIGS.glob("*.yaml")), ids=lambda p: p.name)
