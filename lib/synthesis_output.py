@@ -77,7 +77,7 @@ def select(questions: list[dict[str, Any]], *, exact: bool, near: bool, near_thr
     out = Outcome()
     seen: dict[str, str] = {}
     near_index = NearDuplicateIndex(near_threshold, num_perm) if near else None
-    for q in questions:
+    for q in sorted(questions, key=lambda r: r["question_id"]):
         if q["status"] != "kept":
             continue
         qid, text = q["question_id"], q["question"]
