@@ -145,6 +145,7 @@ class Run:
         self.progress = Progress("synthesize", num_seeds, unit="seeds")
         self.status: Counter = Counter()
         self.requests = self.failed = self.cached = 0
+        self.seconds = 0.0
 
     def add(self, table) -> None:
         rows = table.select(["status", "usage_json"]).to_pylist()
@@ -195,11 +196,11 @@ def run_stage(config: SynthesizeConfig, teacher: TeacherSettings, seeds: list, o
         SynthesizeSeeds,
         fn_constructor_kwargs={"teacher": teacher.model_dump(), "stage": config.stage.model_dump(),
                                "cache_path": str(output_dir / "cache.sqlite"), "governor": governor},
-        batch_size=config.resources.seeds_per_batch, concurrency=config.resources.num_clients,
+        batch_size=config.resources.seeds_per_batch, compute=ray.data.ActorPoolStrategy(size=config.resources.num_clients),
         num_cpus=config.resources.cpus_per_client,
     )
     run = Run(config, len(seeds))
-    part = 0
+    stage_start, part = time.monotonic(), 0
     for table in ds.iter_batches(batch_size=None, batch_format="pyarrow", prefetch_batches=0):
         if table.num_rows == 0:
             continue
@@ -211,6 +212,7 @@ def run_stage(config: SynthesizeConfig, teacher: TeacherSettings, seeds: list, o
                       100 * config.max_error_fraction)
             break
     run.progress.finish()
+    run.seconds = time.monotonic() - stage_start
     ledger = ray.get(governor.snapshot.remote())
     ray.kill(governor)
     return run, {**ledger, "already_spent": already_spent}
@@ -294,7 +296,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     card = finalize(config, teacher, output_dir, len(seeds), run, ledger)
     summary = {"rows": card["rows"], "questions": card["questions"], "seeds": len(seeds),
                "stages": card["stages"], "totals": card["totals"], "stopped_by_budget": card["stopped_by_budget"],
-               "error_fraction": card["error_fraction"], "seconds": round(time.monotonic() - start, 1)}
+               "error_fraction": card["error_fraction"], "stage_seconds": round(run.seconds, 2),
+               "seconds": round(time.monotonic() - start, 1)}
     (output_dir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
     if run.too_many_errors():
         raise RuntimeError(f"{run.failed} of {run.requests + run.cached} teacher requests failed "

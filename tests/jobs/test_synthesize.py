@@ -113,6 +113,20 @@ def test_stage_counts_removals_and_a_cached_rerun(tmp_path):
     assert (out / "data_card.md").read_text().count("| final dataset | 5 | 15 |") == 1
 
 
+def settled_keys(cache: Path, quiet_s: float = 3.0) -> set[str]:
+    """The cache's keys once no process has added one for ``quiet_s`` seconds."""
+    keys, since = None, time.monotonic()
+    while True:
+        db = sqlite3.connect(cache)
+        now = {k for (k,) in db.execute("SELECT key FROM responses")}
+        db.close()
+        if now != keys:
+            keys, since = now, time.monotonic()
+        elif time.monotonic() - since >= quiet_s:
+            return keys
+        time.sleep(0.5)
+
+
 def logged_key(body):
     params = {k: body[k] for k in ("temperature", "top_p", "max_tokens", "seed")}
     return request_key(body["model"], body["messages"], params, body["seed"])
@@ -136,13 +150,13 @@ def test_sigkill_mid_run_then_rerun_sends_no_succeeded_request_again(tmp_path):
                 assert proc.poll() is None, "the run finished before it could be killed"
                 time.sleep(0.2)
                 if cache.exists():
-                    with sqlite3.connect(cache) as db:
-                        cached = {k for (k,) in db.execute("SELECT key FROM responses")}
+                    db = sqlite3.connect(cache)
+                    cached = {k for (k,) in db.execute("SELECT key FROM responses")}
+                    db.close()
         finally:
             os.killpg(proc.pid, signal.SIGKILL)
             proc.wait()
-        with sqlite3.connect(cache) as db:
-            cached = {k for (k,) in db.execute("SELECT key FROM responses")}
+        cached = settled_keys(cache)  # Ray's worker processes outlive the driver by a moment
         assert 20 <= len(cached) < 80, f"killed too late: {len(cached)} of 80 responses cached"
         first_run = len(teacher.log)
         card = main(args(teacher, out, *extra))

@@ -1,0 +1,106 @@
+"""Benchmark: the synthesis job's throughput against a plain sequential loop of client calls, and the
+cost of a cached rerun.
+
+Starts vLLM's OpenAI server with the default model once, then
+  (a) runs ``jobs.synthesize`` (``--seeds`` GSM8K seeds x 1 question x ``--solutions`` solutions, no
+      verification) into a fresh directory: requests/s and completion tokens/s of its request stage;
+  (b) sends the same requests (the same messages and params, read back from (a)'s question rows) one
+      at a time with the plain ``openai`` client: requests/s and tokens/s; prints the ratio a/b;
+  (c) reruns (a) on its output directory: requests sent (must be 0) and wall time.
+
+Run: python -m jobs.bench_synthesize [--seeds 8 --solutions 4 --max-tokens 256 --concurrency 16]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import tempfile
+import time
+from pathlib import Path
+
+from lib.data import load_dataset
+from lib.openai_server import LocalOpenAIServer, LocalServerConfig
+from lib.progress import setup_logging
+from lib.synthesis import question_messages, question_prompt_name, solution_messages
+from lib.synthesis_output import read_questions
+from lib.teacher import TeacherClient, TeacherSettings
+
+log = logging.getLogger("mathray.bench_synthesize")
+
+
+def job_overrides(args, base_url: str, output_dir: Path) -> list[str]:
+    return [f"teacher.base_url={base_url}", "teacher.model=mathray-teacher", f"output_dir={output_dir}",
+            f"seed_limit={args.seeds}", "stage.questions_per_seed=1", f"stage.solutions_per_question={args.solutions}",
+            f"teacher.max_tokens={args.max_tokens}", f"stage.question_max_tokens={args.max_tokens}",
+            f"teacher.max_concurrency={args.concurrency}", "stage.filters.verify=false",
+            f"resources.seeds_per_batch={args.seeds}", "teacher.temperature=0.7"]
+
+
+def the_same_requests(args, output_dir: Path) -> list[tuple[list[dict], dict]]:
+    """(messages, params) of every request (a) sent: question prompts from the seeds, solution prompts
+    from the questions (a) parsed; params as the job's client builds them."""
+    settings = TeacherSettings(base_url="http://127.0.0.1", model="x", temperature=0.7, max_tokens=args.max_tokens)
+    client = TeacherClient(settings)
+    seeds = load_dataset("gsm8k", split="train", limit=args.seeds)
+    requests = [(question_messages(s, question_prompt_name(s)), client.params(0, args.max_tokens)) for s in seeds]
+    for row in read_questions(output_dir / "questions"):
+        if row["question"] is not None:
+            requests += [(solution_messages(row["question"]), client.params(j)) for j in range(args.solutions)]
+    return requests
+
+
+def sequential_loop(base_url: str, requests: list[tuple[list[dict], dict]]) -> tuple[float, int]:
+    import openai
+
+    client = openai.OpenAI(base_url=base_url, api_key="EMPTY")
+    start, tokens = time.perf_counter(), 0
+    for messages, params in requests:
+        response = client.chat.completions.create(model="mathray-teacher", messages=messages, **params)
+        tokens += response.usage.completion_tokens
+    return time.perf_counter() - start, tokens
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--seeds", type=int, default=8)
+    parser.add_argument("--solutions", type=int, default=4)
+    parser.add_argument("--max-tokens", type=int, default=256)
+    parser.add_argument("--concurrency", type=int, default=16)
+    args = parser.parse_args()
+    setup_logging()
+    from jobs.synthesize import main as synthesize
+
+    with tempfile.TemporaryDirectory() as tmp, LocalOpenAIServer(LocalServerConfig(), log_path=Path(tmp) / "server.log") as server:
+        out = Path(tmp) / "synth"
+        synthesize(job_overrides(args, server.base_url, out))
+        summary = json.loads((out / "summary.json").read_text())
+        usage = json.loads((out / "data_card.json").read_text())["usage"]
+        job_requests = summary["totals"]["requests"]
+        job_tokens = sum(u["completion_tokens"] for u in usage.values())
+        job_s = summary["stage_seconds"]
+
+        requests = the_same_requests(args, out)
+        assert len(requests) == job_requests, f"rebuilt {len(requests)} requests, the job sent {job_requests}"
+        loop_s, loop_tokens = sequential_loop(server.base_url, requests)
+
+        start = time.perf_counter()
+        synthesize(job_overrides(args, server.base_url, out))
+        rerun_s = time.perf_counter() - start
+        rerun = json.loads((out / "summary.json").read_text())["totals"]
+
+    a_rps, b_rps = job_requests / job_s, len(requests) / loop_s
+    print(f"\nsynthesis benchmark: {args.seeds} GSM8K seeds x 1 question x {args.solutions} solutions, "
+          f"max {args.max_tokens} tokens, default model on vLLM's OpenAI server (CPU)")
+    print(f"(a) synthesize job, request stage:  {job_requests} requests in {job_s:.1f} s = {a_rps:.2f} req/s, "
+          f"{job_tokens / job_s:.0f} completion tokens/s (concurrency {args.concurrency})")
+    print(f"(b) sequential openai client loop:  {len(requests)} requests in {loop_s:.1f} s = {b_rps:.2f} req/s, "
+          f"{loop_tokens / loop_s:.0f} completion tokens/s")
+    print(f"ratio a/b: {a_rps / b_rps:.2f}x requests/s, {(job_tokens / job_s) / (loop_tokens / loop_s):.2f}x tokens/s")
+    print(f"(c) cached rerun: {rerun['requests']:.0f} requests sent, {rerun['cached']:.0f} served from cache, "
+          f"{rerun_s:.1f} s wall (Ray start and decontamination index included)")
+
+
+if __name__ == "__main__":
+    main()
