@@ -36,6 +36,7 @@ test-fast: install
 
 bench: install
 	$(PY) -m jobs.bench_sampling
+	$(PY) -m jobs.bench_synthesize
 
 clean:
 	rm -rf outputs .pytest_cache

@@ -8,7 +8,7 @@ Starts vLLM's OpenAI server with the default model once, then
       at a time with the plain ``openai`` client: requests/s and tokens/s; prints the ratio a/b;
   (c) reruns (a) on its output directory: requests sent (must be 0) and wall time.
 
-Run: python -m jobs.bench_synthesize [--seeds 8 --solutions 4 --max-tokens 256 --concurrency 16]
+Run: python -m jobs.bench_synthesize [--seeds 16 --solutions 4 --max-tokens 256 --concurrency 16]
 """
 
 from __future__ import annotations
@@ -35,7 +35,7 @@ def job_overrides(args, base_url: str, output_dir: Path) -> list[str]:
             f"seed_limit={args.seeds}", "stage.questions_per_seed=1", f"stage.solutions_per_question={args.solutions}",
             f"teacher.max_tokens={args.max_tokens}", f"stage.question_max_tokens={args.max_tokens}",
             f"teacher.max_concurrency={args.concurrency}", "stage.filters.verify=false",
-            f"resources.seeds_per_batch={args.seeds}", "teacher.temperature=0.7"]
+            f"resources.seeds_per_batch={max(1, args.seeds // 4)}", "teacher.temperature=0.7"]  # 4 batches in flight
 
 
 def the_same_requests(args, output_dir: Path) -> list[tuple[list[dict], dict]]:
@@ -64,7 +64,7 @@ def sequential_loop(base_url: str, requests: list[tuple[list[dict], dict]]) -> t
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--seeds", type=int, default=8)
+    parser.add_argument("--seeds", type=int, default=16)
     parser.add_argument("--solutions", type=int, default=4)
     parser.add_argument("--max-tokens", type=int, default=256)
     parser.add_argument("--concurrency", type=int, default=16)

@@ -20,7 +20,7 @@ from lib.teacher import request_key
 from tests.fake_teacher import FakeTeacher, synthesis_responder
 
 REPO = Path(__file__).resolve().parents[2]
-pytestmark = pytest.mark.usefixtures("ray_cluster")
+pytestmark = [pytest.mark.usefixtures("ray_cluster"), pytest.mark.slow]
 
 VOCAB = ("apple train river number garden basket coin ticket marble pencil candle window ladder bottle cookie "
          "bridge rabbit orange blanket hammer lantern pocket violin turtle wagon zebra kettle mirror needle "
@@ -132,7 +132,6 @@ def logged_key(body):
     return request_key(body["model"], body["messages"], params, body["seed"])
 
 
-@pytest.mark.slow
 def test_sigkill_mid_run_then_rerun_sends_no_succeeded_request_again(tmp_path):
     """Kill the job (SIGKILL, whole process group) once 20 responses are cached; the rerun requests exactly
     the keys not in the cache, none twice, and the rows equal an uninterrupted run's."""
@@ -214,7 +213,6 @@ def test_bad_config_fails_before_work(tmp_path):
         main([f"output_dir={tmp_path}", "teacher.base_url=http://127.0.0.1:9/v1", "seed_limit=1"])
 
 
-@pytest.mark.slow
 def test_tiny_config_with_vllms_server_then_cached_rerun(tmp_path):
     """The shipped tiny config end to end with the default model behind vLLM's OpenAI server: a dataset
     and a data card whose counts add up; the rerun sends no request."""
