@@ -8,7 +8,13 @@ Starts vLLM's OpenAI server with the default model once, then
       at a time with the plain ``openai`` client: requests/s and tokens/s; prints the ratio a/b;
   (c) reruns (a) on its output directory: requests sent (must be 0) and wall time.
 
+With ``--finalize-questions N`` it instead measures the driver-side finish at scale: N fabricated question
+rows (4 kept solutions each, MinHash signatures computed in one process) written as Parquet parts, then
+dedup + decontamination + dataset + data card (``lib.synthesis_output.select``, streaming): seconds,
+questions/s and the process's peak RSS.
+
 Run: python -m jobs.bench_synthesize [--seeds 16 --solutions 4 --max-tokens 256 --concurrency 16]
+     python -m jobs.bench_synthesize --finalize-questions 50000
 """
 
 from __future__ import annotations
@@ -62,14 +68,65 @@ def sequential_loop(base_url: str, requests: list[tuple[list[dict], dict]]) -> t
     return time.perf_counter() - start, tokens
 
 
+def bench_finalize(num_questions: int) -> None:
+    import random
+    import resource
+
+    from lib.synthesis import minhash_signature
+    from lib.synthesis_output import CardCounter, DatasetWriter, PartReader, build_test_index, select
+    from lib.synthesis_stage import question_table
+
+    rng = random.Random(0)
+    vocab = [f"w{i}" for i in range(5000)]
+    usage = json.dumps({"question": {"requests": 1, "cached": 0, "failed": 0, "budget_refused": 0, "prompt_tokens": 80,
+                                     "completion_tokens": 60, "cost": 0.002}})
+    with tempfile.TemporaryDirectory() as tmp:
+        qdir = Path(tmp) / "questions"
+        qdir.mkdir()
+        start = time.perf_counter()
+        for part in range(0, num_questions, 10_000):
+            rows = []
+            for i in range(part, min(part + 10_000, num_questions)):
+                text = " ".join(rng.choice(vocab) for _ in range(40)) + " ?"
+                sols = [{"index": j, "text": " ".join(rng.choice(vocab) for _ in range(120)) + f" \\boxed{{{i}}}",
+                         "answer": str(i), "finish_reason": "stop", "prompt_tokens": 60, "completion_tokens": 150,
+                         "cost": 0.005, "majority": True, "format": None, "verified": True, "keep": True} for j in range(4)]
+                rows.append({"question_id": f"seed/{i // 16}/q{i % 16}", "seed_id": f"seed/{i // 16}", "seed_dataset": "gsm8k",
+                             "question_prompt": "gsm8k_style_v1", "question": text, "status": "kept", "detail": None,
+                             "label": str(i), "votes": 4, "agreement": 1.0, "solutions_json": json.dumps(sols),
+                             "usage_json": usage, "errors_json": "[]", "signature": minhash_signature(text)})
+            import pyarrow.parquet as pq
+
+            pq.write_table(question_table(rows), qdir / f"part-{part // 10_000:06d}.parquet")
+        made = time.perf_counter() - start
+        start = time.perf_counter()
+        index = build_test_index(13)
+        indexed = time.perf_counter() - start
+        start = time.perf_counter()
+        counter, writer = CardCounter(verify=True), DatasetWriter(Path(tmp) / "data")
+        outcome = select(PartReader(qdir), exact=True, near=True, near_threshold=0.8, num_perm=128, test_index=index,
+                         teacher_model="bench", verify=True, counter=counter, sink=writer)
+        writer.close()
+        took = time.perf_counter() - start
+    peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    print(f"\nfinalize at scale: {num_questions} questions x 4 solutions (fabricated; 40-word questions, 120-word solutions)")
+    print(f"fabricating the question parts (incl. MinHash): {made:.1f} s; test-set 13-gram index: {indexed:.1f} s")
+    print(f"dedup + decontamination + dataset + data card: {took:.1f} s = {num_questions / took:,.0f} questions/s, "
+          f"{outcome.num_rows:,} rows written, {len(outcome.duplicates)} duplicates, {len(outcome.contaminated)} contaminated")
+    print(f"peak RSS of the process: {peak_mb:,.0f} MB")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--seeds", type=int, default=16)
     parser.add_argument("--solutions", type=int, default=4)
     parser.add_argument("--max-tokens", type=int, default=256)
     parser.add_argument("--concurrency", type=int, default=16)
+    parser.add_argument("--finalize-questions", type=int, default=0, help="measure the finish step at this scale instead")
     args = parser.parse_args()
     setup_logging()
+    if args.finalize_questions:
+        return bench_finalize(args.finalize_questions)
     from jobs.synthesize import main as synthesize
 
     with tempfile.TemporaryDirectory() as tmp, LocalOpenAIServer(LocalServerConfig(), log_path=Path(tmp) / "server.log") as server:

@@ -44,12 +44,12 @@ from lib.openai_server import LocalOpenAIServer, LocalServerConfig
 from lib.progress import Progress, setup_logging
 from lib.synthesis import QUESTION_PROMPTS, SOLUTION_PROMPT, VERIFY_PROMPT
 from lib.synthesis_output import (
+    CardCounter,
+    DatasetWriter,
+    PartReader,
     build_test_index,
-    data_card,
     data_card_markdown,
-    read_questions,
     select,
-    write_dataset,
     write_parquet_atomic,
 )
 from lib.synthesis_stage import StageSettings
@@ -228,16 +228,18 @@ def provenance(config: SynthesizeConfig) -> dict[str, Any]:
 
 
 def finalize(config: SynthesizeConfig, teacher: TeacherSettings, output_dir: Path, num_seeds: int, run: Run, ledger: dict[str, Any]) -> dict:
-    questions = read_questions(output_dir / "questions")
+    questions = PartReader(output_dir / "questions")  # streamed twice: dedup scan, then rows and counts
     test_index = None
     if config.decontamination.enabled:
         test_index = build_test_index(config.decontamination.ngram, config.decontamination.datasets)
         log.info("decontamination: %d test questions, %d distinct %d-grams", len(test_index), len(test_index.owner),
                  config.decontamination.ngram)
+    counter, writer = CardCounter(config.stage.filters.verify), DatasetWriter(output_dir / "data")
     outcome = select(questions, exact=config.dedup.exact, near=config.dedup.near,
                      near_threshold=config.dedup.near_threshold, num_perm=config.stage.minhash_perm,
-                     test_index=test_index, teacher_model=teacher.model, verify=config.stage.filters.verify)
-    files = write_dataset(outcome.rows, output_dir / "data")
+                     test_index=test_index, teacher_model=teacher.model, verify=config.stage.filters.verify,
+                     counter=counter, sink=writer)
+    files = writer.close()
     for name, records in (("duplicates.jsonl", outcome.duplicates), ("decontamination.jsonl", outcome.contaminated)):
         (output_dir / name).write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records))
     stopped_by_budget = run.status["budget"] > 0
@@ -245,22 +247,21 @@ def finalize(config: SynthesizeConfig, teacher: TeacherSettings, output_dir: Pat
     if stopped_by_budget:
         notes.append(f"stopped by budget_usd={config.budget_usd}: {run.status['budget']} questions incomplete; "
                      "rerun with a larger budget to finish them (cached responses are not paid twice)")
-    if len(questions) < num_seeds * config.stage.questions_per_seed:
+    if sum(counter.status.values()) < num_seeds * config.stage.questions_per_seed:
         notes.append("stopped early: too many failed requests" if run.too_many_errors() else "incomplete run")
-    card = data_card(questions, outcome, num_seeds=num_seeds, questions_per_seed=config.stage.questions_per_seed,
-                     solutions_per_question=config.stage.solutions_per_question, verify=config.stage.filters.verify,
-                     extra={"name": output_dir.name,
-                            "teacher": {"model": teacher.model, "base_url": teacher.base_url,
-                                        "temperature": teacher.temperature, "top_p": teacher.top_p,
-                                        "max_tokens": teacher.max_tokens, "pricing": teacher.pricing.model_dump()},
-                            "seeds": [s if isinstance(s, str) else s.model_dump() for s in config.seeds],
-                            "min_agreement": config.stage.filters.min_agreement,
-                            "decontamination": {"ngram": config.decontamination.ngram,
-                                                "test_questions": len(test_index) if test_index else 0},
-                            "dedup": config.dedup.model_dump(),
-                            "cost_this_run_usd": ledger["spent"] - ledger["already_spent"],
-                            "budget_usd": config.budget_usd, "stopped_by_budget": stopped_by_budget,
-                            "error_fraction": run.error_fraction, "files": files, "notes": notes})
+    extra = {
+        "name": output_dir.name,
+        "teacher": {"model": teacher.model, "base_url": teacher.base_url, "temperature": teacher.temperature,
+                    "top_p": teacher.top_p, "max_tokens": teacher.max_tokens, "pricing": teacher.pricing.model_dump()},
+        "seeds": [s if isinstance(s, str) else s.model_dump() for s in config.seeds],
+        "min_agreement": config.stage.filters.min_agreement,
+        "decontamination": {"ngram": config.decontamination.ngram, "test_questions": len(test_index) if test_index else 0},
+        "dedup": config.dedup.model_dump(),
+        "cost_this_run_usd": ledger["spent"] - ledger["already_spent"],
+        "budget_usd": config.budget_usd, "stopped_by_budget": stopped_by_budget,
+        "error_fraction": run.error_fraction, "files": files, "notes": notes,
+    }
+    card = counter.card(outcome, num_seeds=num_seeds, questions_per_seed=config.stage.questions_per_seed, extra=extra)
     (output_dir / "data_card.json").write_text(json.dumps(card, indent=2) + "\n")
     (output_dir / "data_card.md").write_text(data_card_markdown(card))
     return card

@@ -264,6 +264,11 @@ class NgramIndex:
     def __len__(self) -> int:
         return len(self.ids)
 
+    def text_of(self, ref_id: str) -> str:
+        if not hasattr(self, "_position"):
+            self._position = {r: i for i, r in enumerate(self.ids)}
+        return self.texts[self._position[ref_id]]
+
     def match(self, text: str) -> tuple[str, int, str] | None:
         counts: dict[int, int] = {}
         example: dict[int, str] = {}

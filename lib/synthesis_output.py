@@ -12,6 +12,7 @@ import logging
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
+from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
 from lib.data import dataset_names, load_dataset
@@ -29,7 +30,7 @@ DATA_COLUMNS = (
     "id", "seed_id", "source", "question", "solution", "answer", "agreement", "verified", "teacher_model",
     "question_prompt", "solution_prompt", "verify_prompt", "prompt_tokens", "completion_tokens", "cost_usd",
 )
-ROWS_PER_FILE = 100_000
+ROWS_PER_FILE = 100_000  # dataset rows per Parquet file
 
 
 def build_test_index(n: int = 13, datasets: list[str] | None = None) -> NgramIndex:
@@ -54,11 +55,16 @@ def write_parquet_atomic(table, path: Path) -> None:
     tmp.replace(path)
 
 
+def question_parts(questions_dir: Path) -> list[Path]:
+    return sorted(questions_dir.glob("part-*.parquet"))
+
+
 def read_questions(questions_dir: Path) -> list[dict[str, Any]]:
+    """All question rows in id order (small runs and tests; the job streams with :func:`finalize_dir`)."""
     import pyarrow.parquet as pq
 
     rows: list[dict[str, Any]] = []
-    for part in sorted(questions_dir.glob("part-*.parquet")):
+    for part in question_parts(questions_dir):
         rows += pq.read_table(part).to_pylist()
     rows.sort(key=lambda r: r["question_id"])
     return rows
@@ -66,133 +72,227 @@ def read_questions(questions_dir: Path) -> list[dict[str, Any]]:
 
 @dataclass
 class Outcome:
-    rows: list[dict[str, Any]] = field(default_factory=list)
+    rows: list[dict[str, Any]] = field(default_factory=list)  # empty when a sink took them
+    num_rows: int = 0
     duplicates: list[dict[str, Any]] = field(default_factory=list)
     contaminated: list[dict[str, Any]] = field(default_factory=list)
+    num_questions: int = 0  # questions with at least one row
 
 
-def select(questions: list[dict[str, Any]], *, exact: bool, near: bool, near_threshold: float, num_perm: int,
-           test_index: NgramIndex | None, teacher_model: str, verify: bool) -> Outcome:
-    """Dedup (exact, then near) and decontaminate the kept questions; explode kept solutions into rows."""
-    out = Outcome()
+def find_duplicates(kept: Iterable[tuple[str, str, Any]], *, exact: bool, near: bool, near_threshold: float,
+                    num_perm: int) -> list[dict[str, Any]]:
+    """``kept``: (question_id, question, minhash signature) of the kept questions. Returns the exact and
+    near duplicates, each naming the earlier (lower id) question it duplicates."""
+    duplicates: list[dict[str, Any]] = []
     seen: dict[str, str] = {}
     near_index = NearDuplicateIndex(near_threshold, num_perm) if near else None
-    for q in sorted(questions, key=lambda r: r["question_id"]):
-        if q["status"] != "kept":
-            continue
-        qid, text = q["question_id"], q["question"]
+    for qid, text, signature in sorted(kept, key=lambda k: k[0]):
         key = normalize_text(text)
         if exact and key in seen:
-            out.duplicates.append({"question_id": qid, "duplicate_of": seen[key], "kind": "exact"})
+            duplicates.append({"question_id": qid, "duplicate_of": seen[key], "kind": "exact"})
             continue
         seen.setdefault(key, qid)
-        if near_index is not None and (other := near_index.add(qid, q["signature"])) is not None:
-            out.duplicates.append({"question_id": qid, "duplicate_of": other, "kind": "near"})
+        if near_index is not None and (other := near_index.add(qid, signature)) is not None:
+            duplicates.append({"question_id": qid, "duplicate_of": other, "kind": "near"})
+    return duplicates
+
+
+def contamination(q: dict[str, Any], solutions: list[dict[str, Any]], index: NgramIndex) -> dict[str, Any] | None:
+    """The nearest test item sharing an n-gram with the question (else with a kept solution), or None."""
+    for where, text in [("question", q["question"])] + [("solution", s["text"]) for s in solutions]:
+        if (hit := index.match(text)) is not None:
+            test_id, shared, gram = hit
+            return {"question_id": q["question_id"], "field": where, "test_id": test_id, "shared_ngrams": shared,
+                    "example_ngram": gram, "question": q["question"], "test_question": index.text_of(test_id)}
+    return None
+
+
+def dataset_rows(q: dict[str, Any], solutions: list[dict[str, Any]], teacher_model: str, verify: bool) -> list[dict]:
+    return [{
+        "id": f"{q['question_id']}/s{sol['index']}", "seed_id": q["seed_id"], "source": q["seed_dataset"],
+        "question": q["question"], "solution": sol["text"], "answer": q["label"], "agreement": q["agreement"],
+        "verified": sol["verified"], "teacher_model": teacher_model, "question_prompt": q["question_prompt"],
+        "solution_prompt": SOLUTION_PROMPT_NAME, "verify_prompt": VERIFY_PROMPT_NAME if verify else None,
+        "prompt_tokens": sol["prompt_tokens"], "completion_tokens": sol["completion_tokens"], "cost_usd": sol["cost"],
+    } for sol in solutions]
+
+
+class CardCounter:
+    """Streaming counts for the data card: feed every question row once with :meth:`add`."""
+
+    def __init__(self, verify: bool):
+        self.verify = verify
+        self.status: Counter = Counter()
+        self.reasons: Counter = Counter()
+        self.format_reasons: Counter = Counter()
+        self.verify_reasons: Counter = Counter()
+        self.usage: dict[str, Counter] = {}
+        self.n = Counter()
+
+    def add(self, q: dict[str, Any], solutions: list[dict[str, Any]]) -> None:
+        n, status = self.n, q["status"]
+        self.status[status] += 1
+        if status != "kept":
+            self.reasons[f"{status}:{q['detail']}" if status == "question_rejected" else status] += 1
+        for stage, usage in json.loads(q["usage_json"]).items():
+            self.usage.setdefault(stage, Counter()).update(usage)
+        n["returned"] += int(status not in ("request_failed", "budget") or q["question"] is not None)
+        if q["question"] is None:
+            return
+        n["parsed"] += 1
+        n["solutions_returned"] += sum(1 for s in solutions if s["text"] is not None)
+        majority = [s for s in solutions if s["majority"]]
+        formatted = [s for s in majority if s["format"] is None]
+        if status not in ("no_answer", "low_agreement", "budget", "request_failed"):
+            n["voted"] += 1
+        n["majority"] += len(majority)
+        n["formatted"] += len(formatted)
+        n["formatted_questions"] += int(bool(formatted))
+        n["kept_solutions"] += sum(1 for s in solutions if s["keep"])
+        self.format_reasons.update(s["format"] for s in majority if s["format"] is not None)
+        if self.verify:
+            self.verify_reasons.update(
+                "incorrect" if s["verified"] is False else "no_verdict" if s.get("verify_error") is None else "request_failed"
+                for s in formatted if not s["keep"])
+
+    def card(self, outcome: Outcome, *, num_seeds: int, questions_per_seed: int, extra: dict[str, Any]) -> dict[str, Any]:
+        """Counts after every stage (questions and solutions), removal reasons, tokens and dollars."""
+        n = self.n
+        after_dedup = self.status["kept"] - len(outcome.duplicates)
+        stages = [
+            {"stage": "seeds", "questions": num_seeds},
+            {"stage": "questions requested", "questions": num_seeds * questions_per_seed},
+            {"stage": "questions returned", "questions": n["returned"]},
+            {"stage": "questions parsed", "questions": n["parsed"]},
+            {"stage": "solutions returned", "questions": n["parsed"], "solutions": n["solutions_returned"]},
+            {"stage": "answer agreement >= threshold", "questions": n["voted"], "solutions": n["majority"]},
+            {"stage": "format filters", "questions": n["formatted_questions"], "solutions": n["formatted"]},
+        ]
+        if self.verify:
+            stages.append({"stage": "teacher verification", "questions": self.status["kept"], "solutions": n["kept_solutions"]})
+        stages += [
+            {"stage": "exact + near dedup", "questions": after_dedup},
+            {"stage": "decontamination", "questions": after_dedup - len(outcome.contaminated), "solutions": outcome.num_rows},
+            {"stage": "final dataset", "questions": outcome.num_questions, "solutions": outcome.num_rows},
+        ]
+        totals = Counter()
+        for u in self.usage.values():
+            totals.update(u)
+        return {
+            "rows": outcome.num_rows,
+            "questions": outcome.num_questions,
+            "stages": stages,
+            "removals": {
+                "questions": dict(sorted(self.reasons.items())),
+                "solutions_format": dict(sorted(self.format_reasons.items())),
+                "solutions_verification": dict(sorted(self.verify_reasons.items())),
+                "duplicates": dict(Counter(d["kind"] for d in outcome.duplicates)),
+                "contaminated": len(outcome.contaminated),
+            },
+            "usage": {stage: dict(c) for stage, c in self.usage.items()},
+            "totals": {k: totals[k] for k in ("requests", "cached", "failed", "budget_refused", "prompt_tokens",
+                                              "completion_tokens", "cost")},
+            **extra,
+        }
+
+
+def select(questions: Iterable[dict[str, Any]], *, exact: bool, near: bool, near_threshold: float, num_perm: int,
+           test_index: NgramIndex | None, teacher_model: str, verify: bool, counter: CardCounter | None = None,
+           sink: Callable[[list[dict[str, Any]]], None] | None = None) -> Outcome:
+    """Dedup (exact, then near, in id order) and decontaminate the kept questions; explode their kept
+    solutions into dataset rows. With ``sink`` the rows go there (in batches) instead of ``outcome.rows``;
+    ``questions`` may then be an iterable that is read twice (a :class:`PartReader`)."""
+    if isinstance(questions, list):
+        questions = sorted(questions, key=lambda r: r["question_id"])
+    import numpy as np
+
+    kept = ((q["question_id"], q["question"], np.asarray(q["signature"], dtype=np.uint64))
+            for q in _rows(questions, SCAN_COLUMNS) if q["status"] == "kept")
+    out = Outcome(duplicates=find_duplicates(kept, exact=exact, near=near, near_threshold=near_threshold, num_perm=num_perm))
+    dropped = {d["question_id"] for d in out.duplicates}
+    buffer: list[dict[str, Any]] = []
+    for q in _rows(questions, None):
+        solutions = json.loads(q["solutions_json"])
+        if counter is not None:
+            counter.add(q, solutions)
+        if q["status"] != "kept" or q["question_id"] in dropped:
             continue
-        kept = [s for s in json.loads(q["solutions_json"]) if s["keep"]]
-        if test_index is not None:
-            hit = test_index.match(text)
-            where = "question"
-            for sol in kept:
-                if hit is not None:
-                    break
-                hit, where = test_index.match(sol["text"]), "solution"
-            if hit is not None:
-                test_id, shared, gram = hit
-                ref = test_index.texts[test_index.ids.index(test_id)]
-                out.contaminated.append({"question_id": qid, "field": where, "test_id": test_id, "shared_ngrams": shared,
-                                         "example_ngram": gram, "question": text, "test_question": ref})
-                continue
-        for sol in kept:
-            out.rows.append({
-                "id": f"{qid}/s{sol['index']}", "seed_id": q["seed_id"], "source": q["seed_dataset"], "question": text,
-                "solution": sol["text"], "answer": q["label"], "agreement": q["agreement"], "verified": sol["verified"],
-                "teacher_model": teacher_model, "question_prompt": q["question_prompt"],
-                "solution_prompt": SOLUTION_PROMPT_NAME, "verify_prompt": VERIFY_PROMPT_NAME if verify else None,
-                "prompt_tokens": sol["prompt_tokens"], "completion_tokens": sol["completion_tokens"],
-                "cost_usd": sol["cost"],
-            })
+        solutions = [s for s in solutions if s["keep"]]
+        if test_index is not None and (hit := contamination(q, solutions, test_index)) is not None:
+            out.contaminated.append(hit)
+            continue
+        rows = dataset_rows(q, solutions, teacher_model, verify)
+        out.num_questions += 1
+        out.num_rows += len(rows)
+        buffer += rows
+        if sink is not None and len(buffer) >= ROWS_PER_FILE:
+            sink(buffer)
+            buffer = []
+    if sink is None:
+        out.rows = buffer
+    elif buffer:
+        sink(buffer)
+    out.contaminated.sort(key=lambda c: c["question_id"])
     return out
 
 
-def write_dataset(rows: list[dict[str, Any]], data_dir: Path) -> list[str]:
+SCAN_COLUMNS = ["question_id", "question", "status", "signature"]
+
+
+class PartReader:
+    """The question parts of a directory, read one file at a time (optionally only some columns)."""
+
+    def __init__(self, questions_dir: Path):
+        self.parts = question_parts(questions_dir)
+
+    def rows(self, columns: list[str] | None) -> Iterator[dict[str, Any]]:
+        import pyarrow.parquet as pq
+
+        for part in self.parts:
+            yield from pq.read_table(part, columns=columns).to_pylist()
+
+
+def _rows(questions: Iterable[dict[str, Any]] | PartReader, columns: list[str] | None) -> Iterator[dict[str, Any]]:
+    return questions.rows(columns) if isinstance(questions, PartReader) else iter(questions)
+
+
+class DatasetWriter:
+    """Writes dataset rows to ``data_dir/part-NNNNN.parquet`` (atomic files, ROWS_PER_FILE rows each)."""
+
+    def __init__(self, data_dir: Path):
+        self.data_dir = data_dir
+        data_dir.mkdir(parents=True, exist_ok=True)
+        for old in data_dir.glob("part-*.parquet"):
+            old.unlink()
+        self.files: list[str] = []
+
+    def __call__(self, rows: list[dict[str, Any]]) -> None:
+        import pyarrow as pa
+
+        path = self.data_dir / f"part-{len(self.files):05d}.parquet"
+        write_parquet_atomic(pa.Table.from_pylist(rows, schema=dataset_schema()), path)
+        self.files.append(path.name)
+
+    def close(self) -> list[str]:
+        if not self.files:  # an empty dataset still has its schema on disk
+            self([])
+        return self.files
+
+
+def dataset_schema():
     import pyarrow as pa
 
-    data_dir.mkdir(parents=True, exist_ok=True)
-    for old in data_dir.glob("part-*.parquet"):
-        old.unlink()
-    schema = pa.schema([(c, pa.float64() if c in ("agreement", "cost_usd") else pa.int64() if c.endswith("_tokens")
-                         else pa.bool_() if c == "verified" else pa.string()) for c in DATA_COLUMNS])
-    files = []
-    for start in range(0, max(len(rows), 1), ROWS_PER_FILE):
-        path = data_dir / f"part-{start // ROWS_PER_FILE:05d}.parquet"
-        write_parquet_atomic(pa.Table.from_pylist(rows[start:start + ROWS_PER_FILE], schema=schema), path)
-        files.append(path.name)
-    return files
-
-
-def usage_totals(questions: list[dict[str, Any]]) -> dict[str, dict[str, float]]:
-    totals: dict[str, Counter] = {}
-    for q in questions:
-        for stage, usage in json.loads(q["usage_json"]).items():
-            totals.setdefault(stage, Counter()).update(usage)
-    return {stage: dict(c) for stage, c in totals.items()}
+    return pa.schema([(c, pa.float64() if c in ("agreement", "cost_usd") else pa.int64() if c.endswith("_tokens")
+                       else pa.bool_() if c == "verified" else pa.string()) for c in DATA_COLUMNS])
 
 
 def data_card(questions: list[dict[str, Any]], outcome: Outcome, *, num_seeds: int, questions_per_seed: int,
-              solutions_per_question: int, verify: bool, extra: dict[str, Any]) -> dict[str, Any]:
-    """Counts after every stage (questions and solutions), removal reasons, tokens and dollars."""
-    status = Counter(q["status"] for q in questions)
-    reasons = Counter(f"{q['status']}:{q['detail']}" if q["status"] == "question_rejected" else q["status"]
-                      for q in questions if q["status"] != "kept")
-    sols = [s for q in questions for s in json.loads(q["solutions_json"])]
-    answered = [q for q in questions if q["question"] is not None]
-    voted = [q for q in answered if q["status"] not in ("no_answer", "low_agreement", "budget", "request_failed")]
-    majority = [s for s in sols if s["majority"]]
-    formatted = [s for s in majority if s["format"] is None]
-    kept_sols = [s for s in sols if s["keep"]]
-    format_reasons = Counter(s["format"] for s in majority if s["format"] is not None)
-    verify_reasons = Counter("incorrect" if s["verified"] is False else "no_verdict" if s.get("verify_error") is None
-                             else "request_failed" for s in formatted if not s["keep"]) if verify else Counter()
-    after_dedup = status["kept"] - len(outcome.duplicates)
-    final_questions = len({r["id"].rsplit("/s", 1)[0] for r in outcome.rows})
-    stages = [
-        {"stage": "seeds", "questions": num_seeds},
-        {"stage": "questions requested", "questions": num_seeds * questions_per_seed},
-        {"stage": "questions returned", "questions": sum(1 for q in questions if q["status"] not in ("request_failed", "budget") or q["question"] is not None)},
-        {"stage": "questions parsed", "questions": len(answered)},
-        {"stage": "solutions returned", "questions": len(answered), "solutions": sum(1 for s in sols if s["text"] is not None)},
-        {"stage": f"answer agreement >= threshold", "questions": len(voted), "solutions": len(majority)},
-        {"stage": "format filters", "questions": len({id(q) for q in voted for s in json.loads(q["solutions_json"]) if s["format"] is None and s["majority"]}),
-         "solutions": len(formatted)},
-    ]
-    if verify:
-        stages.append({"stage": "teacher verification", "questions": status["kept"], "solutions": len(kept_sols)})
-    stages += [
-        {"stage": "exact + near dedup", "questions": after_dedup},
-        {"stage": "decontamination", "questions": after_dedup - len(outcome.contaminated), "solutions": len(outcome.rows)},
-        {"stage": "final dataset", "questions": final_questions, "solutions": len(outcome.rows)},
-    ]
-    usage = usage_totals(questions)
-    totals = Counter()
-    for u in usage.values():
-        totals.update(u)
-    return {
-        "rows": len(outcome.rows),
-        "questions": final_questions,
-        "stages": stages,
-        "removals": {
-            "questions": dict(sorted(reasons.items())),
-            "solutions_format": dict(sorted(format_reasons.items())),
-            "solutions_verification": dict(sorted(verify_reasons.items())),
-            "duplicates": dict(Counter(d["kind"] for d in outcome.duplicates)),
-            "contaminated": len(outcome.contaminated),
-        },
-        "usage": usage,
-        "totals": {k: totals[k] for k in ("requests", "cached", "failed", "budget_refused", "prompt_tokens",
-                                          "completion_tokens", "cost")},
-        **extra,
-    }
+              verify: bool, extra: dict[str, Any]) -> dict[str, Any]:
+    """The data card of in-memory question rows (the job counts while streaming, via :class:`CardCounter`)."""
+    counter = CardCounter(verify)
+    for q in questions:
+        counter.add(q, json.loads(q["solutions_json"]))
+    return counter.card(outcome, num_seeds=num_seeds, questions_per_seed=questions_per_seed, extra=extra)
 
 
 def data_card_markdown(card: dict[str, Any]) -> str:

@@ -153,7 +153,7 @@ def test_data_card_counts_every_stage():
                                                                                          answer="7")]),
     ]
     out = select(rows, exact=True, near=True, near_threshold=0.8, num_perm=128, test_index=None, teacher_model="t", verify=False)
-    card = data_card(rows, out, num_seeds=4, questions_per_seed=1, solutions_per_question=4, verify=False, extra={})
+    card = data_card(rows, out, num_seeds=4, questions_per_seed=1, verify=False, extra={})
     counts = {s["stage"]: (s.get("questions"), s.get("solutions")) for s in card["stages"]}
     assert counts == {
         "seeds": (4, None), "questions requested": (4, None), "questions returned": (3, None),
