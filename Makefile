@@ -10,7 +10,7 @@ export TRANSFORMERS_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
 export RAY_ENABLE_UV_RUN_RUNTIME_ENV := 0
 
-.PHONY: install demo test test-fast bench clean
+.PHONY: install demo serve test test-fast bench clean
 
 install: $(STAMP)
 	@$(PY) -m lib.models
@@ -27,6 +27,11 @@ $(STAMP): pyproject.toml Makefile
 
 demo: install
 	$(PY) -m jobs.evaluate --config jobs/configs/evaluate_default_cpu.yaml
+
+# The endpoint on 127.0.0.1:8000 with the default model; prints a curl example once ready. Keys come from
+# MATHRAY_API_KEYS (comma-separated); without it a local development key is used.
+serve: install
+	MATHRAY_API_KEYS=$${MATHRAY_API_KEYS:-local-dev-key} $(PY) -m serve --config serve/configs/serve_default_cpu.yaml
 
 test: install
 	$(PY) -m pytest

@@ -29,6 +29,7 @@ import asyncio
 import contextlib
 import json
 import logging
+import os
 import shutil
 import time
 from collections import Counter
@@ -192,12 +193,15 @@ def run_stage(config: SynthesizeConfig, teacher: TeacherSettings, seeds: list, o
     items = [{"seed_id": s.id, "dataset": s.dataset, "question": s.question, "answer": s.answer,
               "level": s.level or "", "type": s.type or ""} for s in seeds]
     ds = ray.data.from_items(items, override_num_blocks=max(1, len(items) // config.resources.seeds_per_batch))
+    # The client actors read the key from their environment: hand them the driver's (a cluster started
+    # before the variable was set, or by another shell, would not have it).
+    env = {teacher.api_key_env: os.environ[teacher.api_key_env]} if os.environ.get(teacher.api_key_env) else {}
     ds = ds.map_batches(
         SynthesizeSeeds,
         fn_constructor_kwargs={"teacher": teacher.model_dump(), "stage": config.stage.model_dump(),
                                "cache_path": str(output_dir / "cache.sqlite"), "governor": governor},
         batch_size=config.resources.seeds_per_batch, compute=ray.data.ActorPoolStrategy(size=config.resources.num_clients),
-        num_cpus=config.resources.cpus_per_client,
+        num_cpus=config.resources.cpus_per_client, runtime_env={"env_vars": env} if env else None,
     )
     run = Run(config, len(seeds))
     stage_start, part = time.monotonic(), 0

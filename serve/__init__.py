@@ -1,4 +1,2 @@
-"""mathray's Ray Serve application (the model and a verifier behind one endpoint).
-
-Not built yet: see the Serve issue. Nothing in this package is imported by the other jobs.
-"""
+"""mathray's Ray Serve application: the model (vLLM's async engine) and a verifier (lib.grading) behind
+one OpenAI-compatible ingress with best-of-N selection. Entry point: ``serve.app:build_app``."""
