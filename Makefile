@@ -42,6 +42,7 @@ test-fast: install
 bench: install
 	$(PY) -m jobs.bench_sampling
 	$(PY) -m jobs.bench_synthesize
+	$(PY) -m jobs.bench_serve
 
 clean:
 	rm -rf outputs .pytest_cache
