@@ -1,0 +1,144 @@
+"""SFT data for causal LMs: prompt formatting with loss only on response tokens, sequence packing without
+cross-example attention, and padded batches for comparison. Pure torch/transformers, no Ray.
+
+- :func:`tokenize_example` renders the question with a ``lib.prompts`` template (the same prompt the
+  evaluation job uses, so training and evaluation agree), appends the solution as the assistant turn and
+  the end-of-turn tokens, and sets ``labels`` to -100 on every prompt token.
+- :func:`pack` fills micro-batches up to a token budget (first fit, in order); :func:`collate_packed`
+  turns a pack into one row with ``position_ids`` restarting per example and a block-diagonal causal
+  mask, so no token attends across examples (SDPA attention honours the 4D mask).
+- :func:`collate_padded` pads examples to the longest (the baseline packing is measured against).
+- :func:`token_loss_sum` returns the summed cross-entropy over label tokens and their count, so the
+  loss of a global batch is one token-level mean however it is split into micro-batches and ranks.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+IGNORE = -100
+
+
+@dataclass(frozen=True)
+class Example:
+    input_ids: list[int]
+    labels: list[int]  # IGNORE on prompt tokens
+
+    def __len__(self) -> int:
+        return len(self.input_ids)
+
+    @property
+    def num_label_tokens(self) -> int:
+        return sum(1 for t in self.labels[1:] if t != IGNORE)  # labels are shifted by one when scored
+
+
+def tokenize_example(tokenizer: Any, question: str, solution: str, prompt: str = "boxed", max_len: int = 2048) -> Example:
+    """Prompt tokens (masked) + response tokens (trained on), truncated to ``max_len``.
+
+    With a chat template, the response is what the template adds after the generation prompt for an
+    assistant message (the solution and the end-of-turn marker); otherwise the solution plus EOS.
+    """
+    from lib.prompts import get_prompt
+
+    template = get_prompt(prompt)
+    prompt_text = template.render(question, tokenizer)
+    if template.use_chat_template:
+        messages = [{"role": "user", "content": template.user_message(question)},
+                    {"role": "assistant", "content": solution.strip()}]
+        full = tokenizer.apply_chat_template(messages, tokenize=False)
+        if not full.startswith(prompt_text):
+            raise ValueError("the chat template renders the prompt differently with an assistant turn; "
+                             "use a prompt without a chat template (e.g. 'xwin')")
+        response_text = full[len(prompt_text):]
+    else:
+        response_text = " " + solution.strip() + (tokenizer.eos_token or "")
+    prompt_ids = tokenizer.encode(prompt_text, add_special_tokens=False)
+    response_ids = tokenizer.encode(response_text, add_special_tokens=False)
+    ids = (prompt_ids + response_ids)[:max_len]
+    labels = ([IGNORE] * len(prompt_ids) + response_ids)[:max_len]
+    return Example(ids, labels)
+
+
+def pack(examples: list[Example], max_tokens: int) -> list[list[int]]:
+    """Group example indices into packs of at most ``max_tokens`` tokens, first fit in order (examples
+    longer than the budget get a pack of their own, truncated by the caller's max_len)."""
+    packs: list[list[int]] = []
+    sizes: list[int] = []
+    for i, ex in enumerate(examples):
+        for p, size in enumerate(sizes):
+            if size + len(ex) <= max_tokens:
+                packs[p].append(i)
+                sizes[p] += len(ex)
+                break
+        else:
+            packs.append([i])
+            sizes.append(len(ex))
+    return packs
+
+
+def collate_packed(examples: list[Example]) -> dict[str, Any]:
+    """One packed row: input_ids, labels (first token of each example masked: nothing precedes it),
+    position_ids restarting per example, and a (1, 1, L, L) boolean block-diagonal causal mask."""
+    import torch
+
+    ids, labels, positions = [], [], []
+    for ex in examples:
+        ids += ex.input_ids
+        labels += [IGNORE] + ex.labels[1:]
+        positions += list(range(len(ex)))
+    length = len(ids)
+    mask = torch.zeros(length, length, dtype=torch.bool)
+    start = 0
+    for ex in examples:
+        end = start + len(ex)
+        mask[start:end, start:end] = torch.tril(torch.ones(len(ex), len(ex), dtype=torch.bool))
+        start = end
+    return {"input_ids": torch.tensor([ids]), "labels": torch.tensor([labels]),
+            "position_ids": torch.tensor([positions]), "attention_mask": mask[None, None]}
+
+
+def collate_padded(examples: list[Example], pad_id: int) -> dict[str, Any]:
+    """Examples right-padded to the longest: input_ids, labels (IGNORE on padding), 2D attention_mask."""
+    import torch
+
+    longest = max(len(ex) for ex in examples)
+    ids = [ex.input_ids + [pad_id] * (longest - len(ex)) for ex in examples]
+    labels = [ex.labels + [IGNORE] * (longest - len(ex)) for ex in examples]
+    mask = [[1] * len(ex) + [0] * (longest - len(ex)) for ex in examples]
+    return {"input_ids": torch.tensor(ids), "labels": torch.tensor(labels), "attention_mask": torch.tensor(mask)}
+
+
+def token_loss_sum(model: Any, batch: dict[str, Any]):
+    """(sum of next-token cross-entropy over label tokens, number of label tokens) for one micro-batch."""
+    import torch.nn.functional as F
+
+    inputs = {k: v for k, v in batch.items() if k != "labels"}
+    logits = model(**inputs).logits[:, :-1].float()
+    targets = batch["labels"][:, 1:]
+    loss = F.cross_entropy(logits.reshape(-1, logits.size(-1)), targets.reshape(-1), ignore_index=IGNORE, reduction="sum")
+    return loss, int((targets != IGNORE).sum())
+
+
+def per_example_losses(model: Any, examples: list[Example], packed: bool, pad_id: int = 0) -> list[float]:
+    """Mean token loss of each example, computed from one packed row or from a padded batch (for the
+    packing-equivalence test and benchmark)."""
+    import torch
+    import torch.nn.functional as F
+
+    with torch.no_grad():
+        if packed:
+            batch = collate_packed(examples)
+            logits = model(input_ids=batch["input_ids"], position_ids=batch["position_ids"],
+                           attention_mask=batch["attention_mask"]).logits[0].float()
+            out, start = [], 0
+            for ex in examples:
+                end = start + len(ex)
+                tgt = torch.tensor(ex.labels[1:])
+                out.append(float(F.cross_entropy(logits[start:end - 1], tgt, ignore_index=IGNORE)))
+                start = end
+            return out
+        batch = collate_padded(examples, pad_id)
+        logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits.float()
+        return [float(F.cross_entropy(logits[i, :len(ex) - 1], torch.tensor(ex.labels[1:]), ignore_index=IGNORE))
+                for i, ex in enumerate(examples)]

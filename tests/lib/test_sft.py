@@ -1,0 +1,73 @@
+"""SFT formatting, masking, packing: which tokens carry loss, exactly; packed loss equals unpacked loss."""
+
+import pytest
+import torch
+
+from lib.prompts import get_prompt
+from lib.sft import IGNORE, Example, collate_packed, pack, per_example_losses, tokenize_example
+
+
+@pytest.fixture(scope="module")
+def tokenizer(default_model):
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(default_model)
+
+
+def test_only_response_tokens_carry_loss_with_the_chat_template(tokenizer):
+    """The prompt (the evaluation job's 'boxed' prompt through the chat template) is masked; the labels are
+    exactly the tokens of the assistant turn: the solution and the template's end-of-turn marker."""
+    question, solution = "What is 2+2?", "2 + 2 = 4, so the answer is \\boxed{4}."
+    ex = tokenize_example(tokenizer, question, solution, "boxed")
+    prompt = get_prompt("boxed").render(question, tokenizer)
+    n_prompt = len(tokenizer.encode(prompt, add_special_tokens=False))
+    assert ex.labels[:n_prompt] == [IGNORE] * n_prompt
+    assert all(t != IGNORE for t in ex.labels[n_prompt:]) and ex.labels[n_prompt:] == ex.input_ids[n_prompt:]
+    response = tokenizer.decode(ex.input_ids[n_prompt:])
+    assert response == solution + "<|im_end|>\n"
+    assert tokenizer.decode(ex.input_ids[:n_prompt]) == prompt
+
+
+def test_xwin_prompt_trains_on_solution_and_eos(tokenizer):
+    ex = tokenize_example(tokenizer, "What is 1+1?", "It is 2. The answer is: 2", "xwin")
+    first = next(i for i, t in enumerate(ex.labels) if t != IGNORE)
+    assert tokenizer.decode(ex.input_ids[first:]) == " It is 2. The answer is: 2" + tokenizer.eos_token
+    assert ex.input_ids[-1] == tokenizer.eos_token_id
+
+
+def test_truncation_keeps_prompt_mask():
+    ex = Example(list(range(10)), [IGNORE] * 6 + [6, 7, 8, 9])
+    assert ex.num_label_tokens == 4 and len(ex) == 10
+
+
+def test_pack_is_first_fit_in_order():
+    lengths = [5, 3, 4, 2, 7, 1]
+    examples = [Example([1] * n, [1] * n) for n in lengths]
+    assert pack(examples, 8) == [[0, 1], [2, 3, 5], [4]]
+    assert pack(examples, 4) == [[0], [1, 5], [2], [3], [4]]
+
+
+def test_collate_packed_is_block_diagonal_with_restarting_positions():
+    batch = collate_packed([Example([11, 12, 13], [IGNORE, 12, 13]), Example([21, 22], [21, 22])])
+    assert batch["input_ids"].tolist() == [[11, 12, 13, 21, 22]]
+    assert batch["labels"].tolist() == [[IGNORE, 12, 13, IGNORE, 22]]  # nothing predicts an example's first token
+    assert batch["position_ids"].tolist() == [[0, 1, 2, 0, 1]]
+    mask = batch["attention_mask"][0, 0].int().tolist()
+    assert mask == [[1, 0, 0, 0, 0], [1, 1, 0, 0, 0], [1, 1, 1, 0, 0], [0, 0, 0, 1, 0], [0, 0, 0, 1, 1]]
+
+
+def test_packed_loss_equals_unpacked_loss_per_example(tokenizer):
+    """A random 2-layer Llama: each example's loss from one packed row equals its loss in a padded batch."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    torch.manual_seed(0)
+    config = LlamaConfig(vocab_size=len(tokenizer), hidden_size=128, intermediate_size=256, num_hidden_layers=2,
+                         num_attention_heads=2, num_key_value_heads=2, max_position_embeddings=512)
+    config._attn_implementation = "sdpa"
+    model = LlamaForCausalLM(config).eval()
+    examples = [tokenize_example(tokenizer, f"What is {i} + {i}?", f"{i} + {i} = {2 * i}. \\boxed{{{2 * i}}}", "boxed")
+                for i in (3, 17, 256)]
+    packed = per_example_losses(model, examples, packed=True)
+    padded = per_example_losses(model, examples, packed=False, pad_id=tokenizer.pad_token_id or 0)
+    assert packed == pytest.approx(padded, abs=1e-5)
+    assert len(set(round(x, 3) for x in packed)) == 3  # three different examples, three different losses
