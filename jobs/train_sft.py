@@ -1,0 +1,242 @@
+"""Supervised fine-tuning on Ray Train (FSDP2 or DeepSpeed ZeRO), token-exact, resumable, exported to HF.
+
+Reads:  (question, solution) pairs: a synthesis output directory, ``gsm8k`` / ``math`` train (real data),
+        or a JSONL/Parquet file with a column mapping; tokenized through Ray Data and fed to every worker
+        with ``ray.train.get_dataset_shard``.
+Writes: ``output_dir/`` with the Ray Train run (``run/checkpoint_*``: model + optimizer + schedule +
+        data position), ``hf/`` (safetensors, tokenizer with chat template, ``training_args.json``: the
+        export ``jobs.evaluate`` loads as ``model=``), ``metrics.jsonl`` (loss, lr, tokens/s, examples seen
+        per logged step), ``summary.json`` and ``config.yaml``.
+
+The step and the model code are in ``lib/train_loop.py`` and ``lib/sft.py`` (no Ray: runnable under
+``torchrun`` or in one process). Resume: rerun with the same ``output_dir``: training continues from the
+latest checkpoint at the same position of the same epoch order.
+
+Run locally:   python -m jobs.train_sft --config jobs/configs/train_sft_tiny.yaml [key=value ...]
+On a cluster:  ray job submit --working-dir . --runtime-env cluster/runtime_env.yaml -- \\
+                   python -m jobs.train_sft --config jobs/configs/train_sft_7b_fsdp.yaml
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import tempfile
+import time
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import Field
+
+from lib import __version__
+from lib.config import ConfigError, StrictModel, dump_config, git_commit, load_config, package_versions
+from lib.data import DataError
+from lib.progress import setup_logging
+
+log = logging.getLogger("mathray.train_sft")
+REPO = Path(__file__).resolve().parent.parent
+
+
+class DataSource(StrictModel):
+    source: str = Field("gsm8k", description="gsm8k | math | a synthesis output dir | a .jsonl/.parquet file")
+    split: str = "train"
+    columns: dict[str, str] | None = None
+    limit: int | None = Field(None, ge=1)
+
+
+class Resources(StrictModel):
+    num_workers: int = Field(2, ge=1)
+    use_gpu: bool = False
+    cpus_per_worker: float = Field(1, gt=0)
+
+
+class TrainSFTConfig(StrictModel):
+    model: str = Field("default", description="'default' (embedded SmolLM2), a checkpoint directory, or a hub id")
+    data: DataSource = Field(default_factory=DataSource)
+    prompt: str = Field("boxed", description="lib.prompts template: the evaluation prompt, so both agree")
+    max_seq_len: int = Field(1024, ge=16)
+    packing: bool = True
+    micro_batch_tokens: int = Field(4096, ge=16)
+    global_batch_size: int = Field(16, ge=1, description="examples per optimizer step across workers")
+    epochs: int = Field(1, ge=1)
+    max_steps: int | None = Field(None, ge=1)
+    lr: float = Field(2e-5, gt=0)
+    weight_decay: float = Field(0.0, ge=0)
+    warmup_steps: int = Field(0, ge=0)
+    max_grad_norm: float = Field(1.0, gt=0)
+    seed: int = 0
+    strategy: Literal["fsdp", "deepspeed"] = "fsdp"
+    deepspeed_config: str = Field("jobs/configs/deepspeed_zero3.json", description="ZeRO config (stage 2 or 3)")
+    mixed_precision: bool = Field(False, description="bf16 compute (GPUs); fp32 on CPU")
+    activation_checkpointing: bool = False
+    log_every: int = Field(1, ge=1)
+    checkpoint_every: int = Field(10, ge=1)
+    keep_checkpoints: int = Field(2, ge=1)
+    output_dir: str = "outputs/train_sft"
+    resources: Resources = Field(default_factory=Resources)
+
+
+def train_loop_per_worker(cfg: dict[str, Any]) -> None:
+    """Runs on every Ray Train worker (the process group is already up: gloo on CPU, NCCL on GPU)."""
+    import torch
+    import ray.train
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from lib.models import resolve_model
+    from lib.sft import Example
+    from lib.train_loop import SFTTrainer, StepSettings, examples_for_rank, export_hf, iter_steps, micro_batches, steps_per_epoch
+
+    setup_logging()
+    config = TrainSFTConfig.model_validate(cfg["config"])
+    ctx = ray.train.get_context()
+    rank, world = ctx.get_world_rank(), ctx.get_world_size()
+    rows = sorted(ray.train.get_dataset_shard("train").iter_rows(), key=lambda r: r["idx"])
+    examples = [Example(list(r["input_ids"]), list(r["labels"])) for r in rows]
+    path = resolve_model(config.model)
+    tokenizer = AutoTokenizer.from_pretrained(path)
+    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else (tokenizer.eos_token_id or 0)
+    torch.manual_seed(config.seed)
+    model = AutoModelForCausalLM.from_pretrained(path, torch_dtype=torch.float32, attn_implementation="sdpa")
+    total = config.max_steps or config.epochs * steps_per_epoch(len(examples), config.global_batch_size)
+    settings = StepSettings(lr=config.lr, weight_decay=config.weight_decay, warmup_steps=config.warmup_steps,
+                            total_steps=total, max_grad_norm=config.max_grad_norm, global_batch_size=config.global_batch_size,
+                            micro_batch_tokens=config.micro_batch_tokens, packing=config.packing, seed=config.seed)
+    ds_config = json.loads((REPO / config.deepspeed_config).read_text()) if config.strategy == "deepspeed" else None
+    trainer = SFTTrainer(model, settings, config.strategy, ds_config, config.activation_checkpointing, config.mixed_precision)
+    position, seen = {"epoch": 0, "batch": 0}, 0
+    if (checkpoint := ray.train.get_checkpoint()) is not None:
+        with checkpoint.as_directory() as directory:
+            position = trainer.load(directory)
+            seen = json.loads((Path(directory) / "trainer_state.json").read_text())["position"].get("examples_seen", 0)
+        if rank == 0:
+            log.info("resumed at step %d (epoch %d, batch %d)", trainer.step, position["epoch"], position["batch"])
+    start = time.monotonic()
+    for epoch, b, batch in iter_steps(len(examples), settings, config.epochs, position):
+        if trainer.step >= total:
+            break
+        step_start = time.monotonic()
+        mine = examples_for_rank(batch, rank, world)
+        loss, tokens, processed = trainer.train_step(micro_batches(examples, mine, settings, pad_id), pad_id)
+        seen += len(batch)
+        metrics = {"step": trainer.step, "epoch": epoch, "loss": loss, "lr": trainer.lr, "label_tokens": tokens,
+                   "tokens_per_s": processed / max(time.monotonic() - step_start, 1e-9), "examples_seen": seen}
+        if rank == 0 and trainer.step % config.log_every == 0:
+            with open(Path(config.output_dir).resolve() / "metrics.jsonl", "a") as out:
+                out.write(json.dumps({**metrics, "batch": batch}) + "\n")  # the example indices: the data order
+            log.info("step %d/%d epoch %d loss %.4f lr %.2e %.0f tokens/s examples %d", trainer.step, total, epoch, loss,
+                     trainer.lr, metrics["tokens_per_s"], seen)
+        if trainer.step % config.checkpoint_every == 0 or trainer.step >= total:
+            with tempfile.TemporaryDirectory() as tmp:
+                trainer.save(tmp, {"epoch": epoch, "batch": b + 1, "examples_seen": seen})
+                ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(tmp))
+        else:
+            ray.train.report(metrics)
+    state = trainer.full_state_dict()
+    if rank == 0:
+        record = {"config": config.model_dump(), "steps": trainer.step, "examples_seen": seen,
+                  "seconds": time.monotonic() - start, "base_model": path, "prompt": config.prompt}
+        export_hf(Path(config.output_dir).resolve() / "hf", state, path, tokenizer, record)
+        log.info("exported %s", Path(config.output_dir) / "hf")
+
+
+def tokenized_dataset(config: TrainSFTConfig):
+    """Ray Data: the pairs -> (idx, input_ids, labels), tokenized in parallel."""
+    import ray
+
+    from lib.sft_data import load_pairs
+
+    pairs = load_pairs(config.data.source, config.data.split, config.data.columns, config.data.limit)
+    items = [{"idx": i, "id": pid, "question": q, "solution": s} for i, (pid, q, s) in enumerate(pairs)]
+
+    class Tokenize:
+        def __init__(self, model: str, prompt: str, max_len: int):
+            from transformers import AutoTokenizer
+
+            from lib.models import resolve_model
+
+            self.tokenizer = AutoTokenizer.from_pretrained(resolve_model(model))
+            self.prompt, self.max_len = prompt, max_len
+
+        def __call__(self, batch: dict[str, Any]) -> dict[str, list]:
+            from lib.sft import tokenize_example
+
+            out = {"idx": [], "input_ids": [], "labels": []}
+            for i, q, s in zip(batch["idx"], batch["question"], batch["solution"]):
+                ex = tokenize_example(self.tokenizer, str(q), str(s), self.prompt, self.max_len)
+                out["idx"].append(int(i))
+                out["input_ids"].append(ex.input_ids)
+                out["labels"].append(ex.labels)
+            return out
+
+    ds = ray.data.from_items(items).map_batches(
+        Tokenize, fn_constructor_kwargs={"model": config.model, "prompt": config.prompt, "max_len": config.max_seq_len},
+        batch_size=256, compute=ray.data.ActorPoolStrategy(size=1), num_cpus=0.5)
+    return ds.materialize(), len(items)  # tokenized before the workers take the CPUs
+
+
+def latest_checkpoint(run_dir: Path):
+    """The newest complete checkpoint of an earlier run into the same output_dir (None if there is none)."""
+    import ray.train
+
+    done = [p for p in run_dir.glob("checkpoint_*") if (p / "trainer_state.json").exists()]
+    if not done:
+        return None
+    best = max(done, key=lambda p: json.loads((p / "trainer_state.json").read_text())["step"])
+    return ray.train.Checkpoint.from_directory(str(best))
+
+
+def main(argv: list[str] | None = None) -> dict[str, Any]:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--config", help="YAML config (see jobs/configs/train_sft_*.yaml)")
+    parser.add_argument("overrides", nargs="*", help="dotted key=value overrides, e.g. max_steps=4")
+    args = parser.parse_args(argv)
+    setup_logging()
+    config = load_config(TrainSFTConfig, args.config, args.overrides)
+    if config.strategy == "deepspeed" and not (REPO / config.deepspeed_config).is_file():
+        raise ConfigError(f"deepspeed_config: {config.deepspeed_config} does not exist")
+    output_dir = Path(config.output_dir).resolve()
+    output_dir.mkdir(parents=True, exist_ok=True)
+
+    import ray
+    import ray.train
+    from ray.train.torch import TorchTrainer
+
+    from jobs.evaluate import init_ray
+
+    init_ray()
+    ray.data.DataContext.get_current().enable_progress_bars = False
+    try:
+        dataset, num_examples = tokenized_dataset(config)
+    except DataError as exc:
+        raise ConfigError(f"data: {exc}") from None
+    dump_config(config, output_dir / "config.yaml", {"mathray": __version__, "git_commit": git_commit(),
+                "versions": package_versions("torch", "transformers", "ray", "deepspeed"), "num_examples": num_examples})
+    resume = latest_checkpoint(output_dir / "run")
+    trainer = TorchTrainer(
+        train_loop_per_worker,
+        train_loop_config={"config": config.model_dump()},
+        scaling_config=ray.train.ScalingConfig(num_workers=config.resources.num_workers, use_gpu=config.resources.use_gpu,
+                                               resources_per_worker={"CPU": config.resources.cpus_per_worker}),
+        run_config=ray.train.RunConfig(name="run", storage_path=str(output_dir),
+                                       checkpoint_config=ray.train.CheckpointConfig(num_to_keep=config.keep_checkpoints)),
+        datasets={"train": dataset},
+        dataset_config=ray.train.DataConfig(datasets_to_split=[]),  # every worker sees all rows, takes its slice
+        resume_from_checkpoint=resume,
+    )
+    start = time.monotonic()
+    result = trainer.fit()
+    summary = {"examples": num_examples, "final_metrics": result.metrics, "hf_dir": str(output_dir / "hf"),
+               "resumed_from": resume.path if resume else None, "seconds": round(time.monotonic() - start, 1)}
+    (output_dir / "summary.json").write_text(json.dumps(summary, indent=2, default=str) + "\n")
+    return summary
+
+
+if __name__ == "__main__":
+    try:
+        out = main()
+        m = out["final_metrics"] or {}
+        print(f"trained {m.get('step')} steps, final loss {m.get('loss', float('nan')):.4f}, "
+              f"{m.get('examples_seen')} examples; model: {out['hf_dir']}")
+    except ConfigError as exc:
+        raise SystemExit(f"error: {exc}") from None

@@ -1,0 +1,273 @@
+"""The SFT training step and its parallelism, runnable without Ray: one process, or any
+``torch.distributed`` process group (Ray Train's workers, ``torchrun``, a lent GPU machine).
+
+Model math lives in transformers; this module owns the data order, the step (micro-batches, token-mean
+loss over the global batch, clipping), the strategies (FSDP2 ``fully_shard`` per decoder layer, DeepSpeed
+ZeRO 2/3, or plain) and checkpoints of the full training state (model, optimizer, schedule, data position).
+
+Data order: each epoch is a seeded permutation of example indices cut into global batches of
+``global_batch_size`` examples; rank r takes every world-th example of a batch. The position is
+(epoch, batch in epoch), so a resumed run continues exactly where the checkpoint was taken: no example is
+seen twice or skipped in the epoch.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from collections.abc import Iterator
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+from lib.sft import IGNORE, Example, collate_packed, collate_padded, pack, token_loss_sum
+
+
+@dataclass
+class StepSettings:
+    lr: float = 2e-5
+    weight_decay: float = 0.0
+    warmup_steps: int = 0
+    total_steps: int = 100
+    max_grad_norm: float = 1.0
+    global_batch_size: int = 32  # examples per optimizer step, across ranks
+    micro_batch_tokens: int = 4096  # token budget of one micro-batch (packed row, or padded batch)
+    packing: bool = True
+    seed: int = 0
+
+
+def lr_factor(step: int, warmup: int, total: int) -> float:
+    """Linear warmup to 1, then cosine decay to 0 at ``total``."""
+    if step < warmup:
+        return (step + 1) / warmup
+    progress = min(1.0, (step - warmup) / max(1, total - warmup))
+    return 0.5 * (1 + math.cos(math.pi * progress))
+
+
+def epoch_batches(num_examples: int, global_batch_size: int, epoch: int, seed: int) -> list[list[int]]:
+    import torch
+
+    generator = torch.Generator().manual_seed(seed * 100_003 + epoch)
+    order = torch.randperm(num_examples, generator=generator).tolist()
+    return [order[i:i + global_batch_size] for i in range(0, num_examples, global_batch_size)]
+
+
+def steps_per_epoch(num_examples: int, global_batch_size: int) -> int:
+    return math.ceil(num_examples / global_batch_size)
+
+
+def micro_batches(examples: list[Example], indices: list[int], s: StepSettings, pad_id: int) -> list[dict[str, Any]]:
+    chosen = [examples[i] for i in indices]
+    if not chosen:
+        return []
+    if s.packing:
+        return [collate_packed([chosen[i] for i in group]) for group in pack(chosen, s.micro_batch_tokens)]
+    out, group, longest = [], [], 0
+    for ex in chosen:  # padded: as many examples as fit the same token budget once padded
+        if group and max(longest, len(ex)) * (len(group) + 1) > s.micro_batch_tokens:
+            out.append(collate_padded(group, pad_id))
+            group, longest = [], 0
+        group.append(ex)
+        longest = max(longest, len(ex))
+    out.append(collate_padded(group, pad_id))
+    return out
+
+
+def dummy_micro_batch(pad_id: int) -> dict[str, Any]:
+    """A micro-batch with no label tokens: keeps ranks in lockstep (FSDP/ZeRO-3 collectives) at zero loss."""
+    return collate_padded([Example([pad_id, pad_id], [IGNORE, IGNORE])], pad_id)
+
+
+def _dist():
+    import torch.distributed as dist
+
+    return dist if dist.is_available() and dist.is_initialized() else None
+
+
+def all_reduce_sum(values: list[float]) -> list[float]:
+    import torch
+
+    dist = _dist()
+    if dist is None:
+        return values
+    t = torch.tensor(values, dtype=torch.float64)
+    dist.all_reduce(t)
+    return t.tolist()
+
+
+class SFTTrainer:
+    """Owns model, optimizer and schedule for one strategy. ``train_step(micro_batches)`` runs one
+    optimizer step and returns (global mean token loss, label tokens, tokens processed)."""
+
+    def __init__(self, model: Any, settings: StepSettings, strategy: str = "none", deepspeed_config: dict | None = None,
+                 activation_checkpointing: bool = False, mixed_precision: bool = False):
+        import torch
+
+        self.settings, self.strategy = settings, strategy
+        self.rank = _dist().get_rank() if _dist() else 0
+        self.world = _dist().get_world_size() if _dist() else 1
+        if activation_checkpointing:
+            model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        self.engine = None
+        if strategy == "fsdp":
+            from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
+
+            mp = MixedPrecisionPolicy(param_dtype=torch.bfloat16, reduce_dtype=torch.float32) if mixed_precision else MixedPrecisionPolicy()
+            for layer in model.model.layers:
+                fully_shard(layer, mp_policy=mp)
+            fully_shard(model, mp_policy=mp)
+        if strategy == "deepspeed":
+            import deepspeed
+
+            config = dict(deepspeed_config or {})
+            config.update(train_micro_batch_size_per_gpu=1, gradient_accumulation_steps=1,
+                          gradient_clipping=settings.max_grad_norm, bf16={"enabled": mixed_precision})
+            config.setdefault("optimizer", {"type": "AdamW", "params": {"lr": settings.lr, "weight_decay": settings.weight_decay,
+                                                                         "torch_adam": True}})
+            self.engine, self.optimizer, _, _ = deepspeed.initialize(model=model, config=config, dist_init_required=False)
+            self.model = self.engine
+        else:
+            self.model = model
+            self.optimizer = torch.optim.AdamW(model.parameters(), lr=settings.lr, weight_decay=settings.weight_decay)
+        self.step = 0
+        self._set_lr()
+
+    def _set_lr(self) -> None:
+        """The schedule is a function of the step (no scheduler object: DeepSpeed wraps the optimizer)."""
+        for group in self.optimizer.param_groups:
+            group["lr"] = self.settings.lr * lr_factor(self.step, self.settings.warmup_steps, self.settings.total_steps)
+
+    def train_step(self, batches: list[dict[str, Any]], pad_id: int) -> tuple[float, int, int]:
+        import torch
+
+        local_tokens = sum(int((b["labels"][:, 1:] != IGNORE).sum()) for b in batches)
+        count, tokens = all_reduce_sum([len(batches), local_tokens])
+        total_micro = int(max(all_reduce_max(len(batches)), 1))
+        batches = batches + [dummy_micro_batch(pad_id) for _ in range(total_micro - len(batches))]
+        scale = self.world / max(tokens, 1)  # gradients are averaged over ranks: this makes a token mean
+        loss_sum, processed = 0.0, 0
+        self.model.train()
+        for i, batch in enumerate(batches):
+            loss, _ = token_loss_sum(self.model, batch)
+            processed += int(batch["input_ids"].numel())
+            loss_sum += float(loss.detach())
+            if self.engine is not None:
+                self.engine.set_gradient_accumulation_boundary(i == len(batches) - 1)
+                self.engine.backward(loss * scale, scale_wrt_gas=False)
+                self.engine.step()
+            else:
+                (loss * scale).backward()
+        if self.engine is None:
+            torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.settings.max_grad_norm)
+            self.optimizer.step()
+            self.optimizer.zero_grad(set_to_none=True)
+        self.step += 1
+        self._set_lr()
+        total_loss, total_processed = all_reduce_sum([loss_sum, processed])
+        return total_loss / max(tokens, 1), int(tokens), int(total_processed)
+
+    @property
+    def lr(self) -> float:
+        """The learning rate the last step used."""
+        return self.settings.lr * lr_factor(self.step - 1, self.settings.warmup_steps, self.settings.total_steps)
+
+    # ------------------------------------------------------------------------------------- checkpoints
+
+    def save(self, directory: str | Path, position: dict[str, int]) -> None:
+        """The full training state into ``directory`` (each rank writes its own shard files)."""
+        import torch.distributed.checkpoint as dcp
+
+        directory = Path(directory)
+        directory.mkdir(parents=True, exist_ok=True)
+        if self.engine is not None:
+            self.engine.save_checkpoint(str(directory / "deepspeed"), tag="state")
+        else:
+            from torch.distributed.checkpoint.state_dict import get_state_dict
+
+            model_sd, optim_sd = get_state_dict(self.model, self.optimizer)
+            dcp.save({"model": model_sd, "optimizer": optim_sd}, checkpoint_id=str(directory / "dcp"))
+        if self.rank == 0:
+            state = {"step": self.step, "position": position}
+            (directory / "trainer_state.json").write_text(json.dumps(state))
+
+    def load(self, directory: str | Path) -> dict[str, int]:
+        """Restore the state saved by :meth:`save`; returns the data position to continue from."""
+        import torch.distributed.checkpoint as dcp
+
+        directory = Path(directory)
+        if self.engine is not None:
+            self.engine.load_checkpoint(str(directory / "deepspeed"), tag="state")
+        else:
+            from torch.distributed.checkpoint.state_dict import get_state_dict, set_state_dict
+
+            model_sd, optim_sd = get_state_dict(self.model, self.optimizer)
+            state = {"model": model_sd, "optimizer": optim_sd}
+            dcp.load(state, checkpoint_id=str(directory / "dcp"))
+            set_state_dict(self.model, self.optimizer, model_state_dict=state["model"], optim_state_dict=state["optimizer"])
+        state = json.loads((directory / "trainer_state.json").read_text())
+        self.step = state["step"]
+        self._set_lr()
+        return state["position"]
+
+    def full_state_dict(self) -> dict[str, Any] | None:
+        """The unsharded model weights on rank 0 (None elsewhere), for the HF export."""
+        if self.engine is not None:
+            zero = self.engine.zero_optimization_stage()
+            sd = self.engine._zero3_consolidated_16bit_state_dict() if zero == 3 else self.engine.module.state_dict()
+            return sd if self.rank == 0 else None
+        from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
+
+        sd = get_model_state_dict(self.model, options=StateDictOptions(full_state_dict=_dist() is not None, cpu_offload=True))
+        return sd if self.rank == 0 else None
+
+
+def all_reduce_max(value: int) -> int:
+    import torch
+
+    dist = _dist()
+    if dist is None:
+        return value
+    t = torch.tensor([value])
+    dist.all_reduce(t, op=dist.ReduceOp.MAX)
+    return int(t.item())
+
+
+def export_hf(model_dir: str | Path, state_dict: dict[str, Any], base_model: str, tokenizer: Any, record: dict[str, Any]) -> Path:
+    """Write an HF directory (safetensors, config, tokenizer with chat template, training_args.json)
+    that ``jobs.evaluate`` loads with vLLM as ``model=``."""
+    import torch
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    model_dir = Path(model_dir)
+    config = AutoConfig.from_pretrained(base_model)
+    with torch.device("meta"):
+        model = AutoModelForCausalLM.from_config(config)
+    model.load_state_dict({k: v.to(torch.float32) if v.is_floating_point() else v for k, v in state_dict.items()},
+                          assign=True, strict=False)
+    model.tie_weights()
+    model.save_pretrained(model_dir, safe_serialization=True)
+    tokenizer.save_pretrained(model_dir)
+    (model_dir / "training_args.json").write_text(json.dumps(record, indent=2, default=str))
+    return model_dir
+
+
+def examples_for_rank(batch: list[int], rank: int, world: int) -> list[int]:
+    return batch[rank::world]
+
+
+def iter_steps(num_examples: int, s: StepSettings, epochs: int, start: dict[str, int] | None = None) -> Iterator[tuple[int, int, list[int]]]:
+    """(epoch, batch index in epoch, global batch of example indices) from ``start`` on."""
+    epoch0, batch0 = (start or {}).get("epoch", 0), (start or {}).get("batch", 0)
+    for epoch in range(epoch0, epochs):
+        batches = epoch_batches(num_examples, s.global_batch_size, epoch, s.seed)
+        for b in range(batch0 if epoch == epoch0 else 0, len(batches)):
+            yield epoch, b, batches[b]
+
+
+def settings_record(s: StepSettings) -> dict[str, Any]:
+    return asdict(s)
+
+
+def local_rank_env() -> dict[str, str]:
+    return {k: os.environ[k] for k in ("RANK", "WORLD_SIZE", "LOCAL_RANK") if k in os.environ}
