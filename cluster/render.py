@@ -20,6 +20,8 @@ HEADER = "# Rendered by `python cluster/render.py` from cluster/values.yaml: edi
 # (job name, entrypoint arguments after the config): every job ships a GPU-cluster config.
 JOBS = {
     "synthesize": ("jobs/configs/synthesize_gpt4.yaml", ["output_dir={storage}/synthesize/gpt4"]),
+    "train_sft": ("jobs/configs/train_sft_7b_fsdp.yaml", ["data.source={storage}/synthesize/gpt4",
+                                                          "output_dir={storage}/checkpoints/xwin-7b"]),
     "evaluate": ("jobs/configs/evaluate_7b_gpu.yaml", ["model={serve_model}", "output_dir={storage}/evaluate/7b"]),
 }
 

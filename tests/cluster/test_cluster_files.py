@@ -12,12 +12,13 @@ import yaml
 
 from jobs.evaluate import EvaluateConfig
 from jobs.synthesize import SynthesizeConfig
+from jobs.train_sft import TrainSFTConfig
 from lib.config import load_config
 from serve.config import ServeArgs
 
 REPO = Path(__file__).resolve().parents[2]
 CLUSTER = REPO / "cluster"
-JOB_MODELS = {"evaluate": EvaluateConfig, "synthesize": SynthesizeConfig}
+JOB_MODELS = {"evaluate": EvaluateConfig, "synthesize": SynthesizeConfig, "train_sft": TrainSFTConfig}
 
 
 def render_module():
@@ -82,7 +83,7 @@ def test_kuberay_manifests_name_existing_entrypoints_and_valid_serve_config():
             jobs.append(check_job_entrypoint(spec["entrypoint"]))
         if doc["kind"] == "RayService":
             check_serve_config(yaml.safe_load(spec["serveConfigV2"]))
-    assert sorted(jobs) == ["evaluate", "synthesize"]
+    assert sorted(jobs) == ["evaluate", "synthesize", "train_sft"]
 
 
 def test_serve_configs_validate():

@@ -6,10 +6,11 @@ import pytest
 
 from jobs.evaluate import EvaluateConfig
 from jobs.synthesize import SynthesizeConfig
+from jobs.train_sft import TrainSFTConfig
 from lib.config import load_config
 
 CONFIGS = Path(__file__).resolve().parents[2] / "jobs" / "configs"
-MODELS = {"evaluate": EvaluateConfig, "synthesize": SynthesizeConfig}
+MODELS = {"evaluate": EvaluateConfig, "synthesize": SynthesizeConfig, "train_sft": TrainSFTConfig}
 
 
 @pytest.mark.parametrize("path", sorted(CONFIGS.glob("*.yaml")), ids=lambda p: p.name)
