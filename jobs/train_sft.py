@@ -176,7 +176,8 @@ def tokenized_dataset(config: TrainSFTConfig):
 
 
 def latest_checkpoint(run_dir: Path):
-    """The newest complete checkpoint of an earlier run into the same output_dir (None if there is none)."""
+    """The newest complete checkpoint of an earlier run into the same output_dir (None if there is none);
+    Ray Train restores it itself, this is for the log and the summary."""
     import ray.train
 
     done = [p for p in run_dir.glob("checkpoint_*") if (p / "trainer_state.json").exists()]
@@ -213,6 +214,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     dump_config(config, output_dir / "config.yaml", {"mathray": __version__, "git_commit": git_commit(),
                 "versions": package_versions("torch", "transformers", "ray", "deepspeed"), "num_examples": num_examples})
     resume = latest_checkpoint(output_dir / "run")
+    if resume is not None:
+        log.info("resuming from %s", resume.path)
     trainer = TorchTrainer(
         train_loop_per_worker,
         train_loop_config={"config": config.model_dump()},
@@ -222,8 +225,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                                        checkpoint_config=ray.train.CheckpointConfig(num_to_keep=config.keep_checkpoints)),
         datasets={"train": dataset},
         dataset_config=ray.train.DataConfig(datasets_to_split=[]),  # every worker sees all rows, takes its slice
-        resume_from_checkpoint=resume,
-    )
+    )  # the same run name and storage path: Ray Train restores the latest checkpoint (get_checkpoint in the loop)
     start = time.monotonic()
     result = trainer.fit()
     summary = {"examples": num_examples, "final_metrics": result.metrics, "hf_dir": str(output_dir / "hf"),
