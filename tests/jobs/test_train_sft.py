@@ -85,3 +85,13 @@ def test_the_export_evaluates_with_vllm(tmp_path):
     gsm = metrics["gsm8k"]
     assert gsm["num_questions"] == 2 and gsm["samples_per_question"] == 2
     assert sum(gsm["status_counts"].values()) == 4
+
+
+def test_default_cpu_config_lowers_the_loss_and_exports(tmp_path):
+    """The shipped default-CPU config (SmolLM2-135M, FSDP2, 2 workers), shortened to 4 steps."""
+    out = tmp_path / "default"
+    main(["--config", "jobs/configs/train_sft_default_cpu.yaml", f"output_dir={out}", "max_steps=4", "data.limit=32",
+          "checkpoint_every=2"])
+    losses = [steps(out)[s]["loss"] for s in range(1, 5)]
+    assert losses[-1] < losses[0], losses
+    assert (out / "hf" / "model.safetensors").exists() and len(list((out / "run").glob("checkpoint_*"))) == 2
