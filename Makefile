@@ -43,6 +43,7 @@ bench: install
 	$(PY) -m jobs.bench_sampling
 	$(PY) -m jobs.bench_synthesize
 	$(PY) -m jobs.bench_serve
+	$(PY) -m jobs.bench_train
 
 clean:
 	rm -rf outputs .pytest_cache
