@@ -98,7 +98,7 @@ def test_runtime_env_has_only_known_fields():
 
 def test_readme_commands_name_existing_jobs_and_configs():
     text = (REPO / "README.md").read_text().replace("\\\n", " ")
-    commands = re.findall(r"(python -m jobs\.\w+ --config \S+(?: [\w.]+=\S+)*)", text)
+    commands = re.findall(r"(python -m jobs\.\w+ --config [^\s`]+(?: [\w.]+=[^\s`]+)*)", text)
     assert len(commands) >= 5
     for command in commands:
         check_job_entrypoint(command.replace("[key=value", "").strip())
