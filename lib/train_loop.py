@@ -15,9 +15,8 @@ from __future__ import annotations
 
 import json
 import math
-import os
 from collections.abc import Iterator
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -263,11 +262,3 @@ def iter_steps(num_examples: int, s: StepSettings, epochs: int, start: dict[str,
         batches = epoch_batches(num_examples, s.global_batch_size, epoch, s.seed)
         for b in range(batch0 if epoch == epoch0 else 0, len(batches)):
             yield epoch, b, batches[b]
-
-
-def settings_record(s: StepSettings) -> dict[str, Any]:
-    return asdict(s)
-
-
-def local_rank_env() -> dict[str, str]:
-    return {k: os.environ[k] for k in ("RANK", "WORLD_SIZE", "LOCAL_RANK") if k in os.environ}
