@@ -40,6 +40,7 @@ from lib.progress import Progress, setup_logging
 from lib.prompts import get_prompt
 from lib.report import compute_metrics, estimator_notes, plot_passk, summary_table, write_metrics_json, write_summary_md
 from lib.sample_store import GradeAndStore, SampleStore, plan_requests
+from lib.sampling import EngineConfig
 
 log = logging.getLogger("mathray.evaluate")
 
@@ -62,31 +63,6 @@ class DatasetRef(StrictModel):
         if name is not None and name not in dataset_names():
             raise ValueError(f"unknown dataset {name!r}; known: {', '.join(dataset_names())}")
         return name
-
-
-class EngineConfig(StrictModel):
-    """vLLM engine arguments (``extra`` is passed to ``vllm.LLM`` as is)."""
-
-    dtype: str = "auto"
-    max_model_len: int = 4096
-    gpu_memory_utilization: float = Field(0.9, gt=0, le=1, description="on CPU: fraction of RAM for the KV cache")
-    enforce_eager: bool = False
-    tensor_parallel_size: int = Field(1, ge=1)
-    max_num_seqs: int | None = Field(None, ge=1)
-    enable_prefix_caching: bool = True
-    seed: int = 0
-    cpu_threads_bind: str = Field(
-        "auto",
-        description="CPU backend only: 'auto' (vLLM's default: reserves a core for the scheduler), 'all' (OpenMP "
-        "threads on every core the actor sees: 1.7x tokens/s on a 2-core machine), 'nobind', or a list like '0-3'",
-    )
-    extra: dict[str, Any] = Field(default_factory=dict)
-
-    def kwargs(self) -> dict[str, Any]:
-        out = self.model_dump(exclude={"extra", "max_num_seqs", "cpu_threads_bind"})
-        if self.max_num_seqs is not None:
-            out["max_num_seqs"] = self.max_num_seqs
-        return {**out, **self.extra}
 
 
 class ResourceConfig(StrictModel):
@@ -130,24 +106,35 @@ class EvaluateConfig(StrictModel):
     @field_validator("datasets")
     @classmethod
     def _known_datasets(cls, refs: list[str | DatasetRef]) -> list[str | DatasetRef]:
-        for ref in refs:
-            if isinstance(ref, str) and ref not in dataset_names():
-                raise ValueError(f"unknown dataset {ref!r}; known: {', '.join(dataset_names())}")
-        return refs
+        return check_names(refs)
+
+
+def load_refs(refs: list[str | DatasetRef], limit: int | None, split: str, key: str) -> list:
+    """Questions of registry names (``split``) and refs, first ``limit`` of each; ids must be unique."""
+    questions = []
+    for ref in refs:
+        if isinstance(ref, str):
+            questions += load_dataset(ref, split=split, limit=limit)
+        elif ref.name:
+            questions += load_dataset(ref.name, split=ref.split, limit=limit)
+        else:
+            questions += load_dataset(ref.path, columns=ref.columns, answer_format=ref.answer_format, limit=limit)
+    ids = [q.id for q in questions]
+    if len(set(ids)) != len(ids):
+        raise ConfigError(f"{key}: the same question id appears twice; is a dataset listed twice?")
+    return questions
+
+
+def check_names(refs: list) -> list:
+    """Validator body: every bare name in ``refs`` is a registry dataset."""
+    for ref in refs:
+        if isinstance(ref, str) and ref not in dataset_names():
+            raise ValueError(f"unknown dataset {ref!r}; known: {', '.join(dataset_names())}")
+    return refs
 
 
 def load_questions(config: EvaluateConfig) -> list:
-    questions = []
-    for ref in config.datasets:
-        if isinstance(ref, str):
-            questions += load_dataset(ref, limit=config.limit)
-        elif ref.name:
-            questions += load_dataset(ref.name, split=ref.split, limit=config.limit)
-        else:
-            questions += load_dataset(ref.path, columns=ref.columns, answer_format=ref.answer_format, limit=config.limit)
-    ids = [q.id for q in questions]
-    if len(set(ids)) != len(ids):
-        raise ConfigError("datasets: the same question id appears twice; is a dataset listed twice?")
+    questions = load_refs(config.datasets, config.limit, "test", "datasets")
     return questions
 
 

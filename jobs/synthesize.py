@@ -24,7 +24,6 @@ On a cluster:  ray job submit --working-dir . --runtime-env cluster/runtime_env.
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import contextlib
 import json
@@ -38,11 +37,12 @@ from typing import Any
 
 from pydantic import Field, field_validator, model_validator
 
+from jobs.evaluate import DatasetRef, check_names, init_ray, load_refs
 from lib import __version__
-from lib.config import ConfigError, StrictModel, dump_config, git_commit, load_config, package_versions
-from lib.data import DataError, dataset_names, load_dataset
+from lib.config import ConfigError, StrictModel, dump_config, git_commit, job_config, package_versions
+from lib.data import DataError
 from lib.openai_server import LocalOpenAIServer, LocalServerConfig
-from lib.progress import Progress, setup_logging
+from lib.progress import Progress
 from lib.synthesis import QUESTION_PROMPTS, SOLUTION_PROMPT, VERIFY_PROMPT
 from lib.synthesis_output import (
     CardCounter,
@@ -59,21 +59,10 @@ from lib.teacher import RequestCache, TeacherError, TeacherSettings, preflight
 log = logging.getLogger("mathray.synthesize")
 
 
-class SeedRef(StrictModel):
+class SeedRef(DatasetRef):
     """A registry dataset (``name``, default split train) or a user file (``path`` + ``columns``)."""
 
-    name: str | None = None
-    path: str | None = None
     split: str = "train"
-    columns: dict[str, str] | None = None
-    answer_format: str = "raw"
-
-    @field_validator("name")
-    @classmethod
-    def _known(cls, name: str | None) -> str | None:
-        if name is not None and name not in dataset_names():
-            raise ValueError(f"unknown dataset {name!r}; known: {', '.join(dataset_names())}")
-        return name
 
 
 class DedupConfig(StrictModel):
@@ -111,10 +100,7 @@ class SynthesizeConfig(StrictModel):
     @field_validator("seeds")
     @classmethod
     def _known_seeds(cls, refs: list[str | SeedRef]) -> list[str | SeedRef]:
-        for ref in refs:
-            if isinstance(ref, str) and ref not in dataset_names():
-                raise ValueError(f"unknown dataset {ref!r}; known: {', '.join(dataset_names())}")
-        return refs
+        return check_names(refs)
 
     @model_validator(mode="after")
     def _teacher_target(self) -> SynthesizeConfig:
@@ -124,18 +110,7 @@ class SynthesizeConfig(StrictModel):
 
 
 def load_seeds(config: SynthesizeConfig) -> list:
-    seeds = []
-    for ref in config.seeds:
-        if isinstance(ref, str):
-            seeds += load_dataset(ref, split="train", limit=config.seed_limit)
-        elif ref.name:
-            seeds += load_dataset(ref.name, split=ref.split, limit=config.seed_limit)
-        else:
-            seeds += load_dataset(ref.path, columns=ref.columns, answer_format=ref.answer_format, limit=config.seed_limit)
-    ids = [s.id for s in seeds]
-    if len(set(ids)) != len(ids):
-        raise ConfigError("seeds: the same seed id appears twice; is a dataset listed twice?")
-    return seeds
+    return load_refs(config.seeds, config.seed_limit, "train", "seeds")
 
 
 class Run:
@@ -272,12 +247,7 @@ def finalize(config: SynthesizeConfig, teacher: TeacherSettings, output_dir: Pat
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--config", help="YAML config (see jobs/configs/synthesize_*.yaml)")
-    parser.add_argument("overrides", nargs="*", help="dotted key=value overrides, e.g. seed_limit=8")
-    args = parser.parse_args(argv)
-    setup_logging()
-    config = load_config(SynthesizeConfig, args.config, args.overrides)
+    config = job_config(SynthesizeConfig, argv, __doc__, "e.g. seed_limit=8")
     try:
         seeds = load_seeds(config)
     except DataError as exc:
@@ -294,8 +264,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         models = asyncio.run(preflight(teacher))
         log.info("teacher %s at %s answers (serves %s)", teacher.model, teacher.base_url or "the OpenAI API", models[:5])
         dump_config(config, output_dir / "config.yaml", {**provenance(config), "teacher": teacher.model_dump()})
-        from jobs.evaluate import init_ray
-
+        
         init_ray()
         run, ledger = run_stage(config, teacher, seeds, output_dir)
     card = finalize(config, teacher, output_dir, len(seeds), run, ledger)

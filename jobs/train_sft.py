@@ -19,7 +19,6 @@ On a cluster:  ray job submit --working-dir . --runtime-env cluster/runtime_env.
 
 from __future__ import annotations
 
-import argparse
 import json
 import logging
 import tempfile
@@ -30,7 +29,7 @@ from typing import Any, Literal
 from pydantic import Field
 
 from lib import __version__
-from lib.config import ConfigError, StrictModel, dump_config, git_commit, load_config, package_versions
+from lib.config import ConfigError, StrictModel, dump_config, git_commit, job_config, package_versions
 from lib.data import DataError
 from lib.progress import setup_logging
 
@@ -188,12 +187,7 @@ def latest_checkpoint(run_dir: Path):
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--config", help="YAML config (see jobs/configs/train_sft_*.yaml)")
-    parser.add_argument("overrides", nargs="*", help="dotted key=value overrides, e.g. max_steps=4")
-    args = parser.parse_args(argv)
-    setup_logging()
-    config = load_config(TrainSFTConfig, args.config, args.overrides)
+    config = job_config(TrainSFTConfig, argv, __doc__, "e.g. max_steps=4")
     if config.strategy == "deepspeed" and not (REPO / config.deepspeed_config).is_file():
         raise ConfigError(f"deepspeed_config: {config.deepspeed_config} does not exist")
     output_dir = Path(config.output_dir).resolve()

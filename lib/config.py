@@ -6,6 +6,7 @@ names the key. Errors name the file and, for keys present in the YAML, its line.
 
 from __future__ import annotations
 
+import argparse
 import importlib.metadata
 import subprocess
 from pathlib import Path
@@ -135,3 +136,15 @@ def dump_config(config: BaseModel, path: Path, extra: dict | None = None) -> Non
     if extra:
         data = {**data, "_provenance": extra}
     path.write_text(yaml.safe_dump(data, sort_keys=False))
+
+
+def job_config(model: type[M], argv: list[str] | None, doc: str | None, example: str) -> M:
+    """``python -m jobs.X --config FILE key=value ...``: parse the command line, set up logging, load."""
+    from lib.progress import setup_logging
+
+    parser = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--config", help="YAML config (see jobs/configs/)")
+    parser.add_argument("overrides", nargs="*", help=f"dotted key=value overrides, {example}")
+    args = parser.parse_args(argv)
+    setup_logging()
+    return load_config(model, args.config, args.overrides)

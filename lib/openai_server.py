@@ -35,7 +35,7 @@ class LocalServerConfig(StrictModel):
     gpu_memory_utilization: float = Field(0.2, gt=0, le=1, description="on CPU: fraction of RAM for the KV cache")
     max_model_len: int = 2048
     enforce_eager: bool = True
-    cpu_threads_bind: str = Field("all", description="see EngineConfig.cpu_threads_bind in jobs/evaluate.py")
+    cpu_threads_bind: str = Field("all", description="see EngineConfig.cpu_threads_bind in lib/sampling.py")
     extra_args: list[str] = Field(default_factory=list)
     startup_timeout_s: float = Field(600, gt=0)
 

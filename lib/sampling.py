@@ -16,6 +16,9 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
+from pydantic import Field
+
+from lib.config import StrictModel
 from lib.progress import setup_logging
 from lib.prompts import get_prompt
 
@@ -45,6 +48,31 @@ class SamplingSettings:
             stop=list(self.stop) or None,
             **self.extra,
         )
+
+
+class EngineConfig(StrictModel):
+    """vLLM engine arguments (``extra`` is passed to ``vllm.LLM`` as is)."""
+
+    dtype: str = "auto"
+    max_model_len: int = 4096
+    gpu_memory_utilization: float = Field(0.9, gt=0, le=1, description="on CPU: fraction of RAM for the KV cache")
+    enforce_eager: bool = False
+    tensor_parallel_size: int = Field(1, ge=1)
+    max_num_seqs: int | None = Field(None, ge=1)
+    enable_prefix_caching: bool = True
+    seed: int = 0
+    cpu_threads_bind: str = Field(
+        "auto",
+        description="CPU backend only: 'auto' (vLLM's default: reserves a core for the scheduler), 'all' (OpenMP "
+        "threads on every core the actor sees: 1.7x tokens/s on a 2-core machine), 'nobind', or a list like '0-3'",
+    )
+    extra: dict[str, Any] = Field(default_factory=dict)
+
+    def kwargs(self) -> dict[str, Any]:
+        out = self.model_dump(exclude={"extra", "max_num_seqs", "cpu_threads_bind"})
+        if self.max_num_seqs is not None:
+            out["max_num_seqs"] = self.max_num_seqs
+        return {**out, **self.extra}
 
 
 def cpu_binding_env(cpu_threads_bind: str) -> dict[str, str]:

@@ -9,26 +9,13 @@ from typing import Any
 from pydantic import Field
 
 from lib.config import StrictModel
+from lib.sampling import EngineConfig
 
 
-class EngineArgs(StrictModel):
-    """vLLM ``AsyncEngineArgs`` (``extra`` passed through as is)."""
+class EngineArgs(EngineConfig):
+    """vLLM ``AsyncEngineArgs`` (``extra`` passed through as is); a shorter default context than evaluation."""
 
-    dtype: str = "auto"
     max_model_len: int = 2048
-    gpu_memory_utilization: float = Field(0.9, gt=0, le=1, description="on CPU: fraction of RAM for the KV cache")
-    enforce_eager: bool = False
-    tensor_parallel_size: int = Field(1, ge=1)
-    max_num_seqs: int | None = Field(None, ge=1)
-    enable_prefix_caching: bool = True
-    cpu_threads_bind: str = Field("auto", description="CPU backend: 'auto', 'all', 'nobind' or a core list")
-    extra: dict[str, Any] = Field(default_factory=dict)
-
-    def kwargs(self) -> dict[str, Any]:
-        out = self.model_dump(exclude={"extra", "max_num_seqs", "cpu_threads_bind"})
-        if self.max_num_seqs is not None:
-            out["max_num_seqs"] = self.max_num_seqs
-        return {**out, **self.extra}
 
 
 class Limits(StrictModel):
