@@ -87,27 +87,28 @@ def estimator_notes() -> dict:
     }
 
 
-def _fmt(value: float | None, ci: list[float] | None = None) -> str:
+def fmt_pct(value: float | None, ci: list[float] | None = None) -> str:
+    """``0.5, [0.4, 0.6]`` -> ``50.0 [40.0, 60.0]`` (percent, one decimal); ``-`` for None."""
     if value is None:
         return "-"
     text = f"{100 * value:.1f}"
     return f"{text} [{100 * ci[0]:.1f}, {100 * ci[1]:.1f}]" if ci else text
 
 
-def summary_table(metrics: dict, *, top_level_only: bool = True) -> str:
-    """A markdown table: one row per dataset, metrics in percent with 95% CIs."""
+def summary_table(metrics: dict, *, top_level_only: bool = True, label: str = "dataset") -> str:
+    """A markdown table: one row per entry of ``metrics`` (datasets, or runs with ``label="run"``), in percent with 95% CIs."""
     names = [n for n in metrics if "/" not in n] if top_level_only else list(metrics)
     if not names:
         return "(no datasets)\n"
     first = metrics[names[0]]
     ks = list(first["pass@k"])
-    headers = ["dataset", "questions", "n", "greedy pass@1"] + [f"pass@{k}" for k in ks] + [f"maj@{ks[-1]}", "PassRatio", "no_answer", "timeout", "error"]
+    headers = [label, "questions", "n", "greedy pass@1"] + [f"pass@{k}" for k in ks] + [f"maj@{ks[-1]}", "PassRatio", "no_answer", "timeout", "error"]
     lines = ["| " + " | ".join(headers) + " |", "|" + "---|" * len(headers)]
     for name in names:
         m, ci = metrics[name], metrics[name]["ci95"]
-        row = [name, str(m["num_questions"]), str(m["samples_per_question"]), _fmt(m["greedy_pass@1"], ci.get("greedy_pass@1"))]
-        row += [_fmt(m["pass@k"][k], ci[f"pass@{k}"]) for k in ks]
-        row += [_fmt(m["maj@k"][ks[-1]], ci[f"maj@{ks[-1]}"]), _fmt(m["pass_ratio"], ci["pass_ratio"])]
+        row = [name, str(m["num_questions"]), str(m["samples_per_question"]), fmt_pct(m["greedy_pass@1"], ci.get("greedy_pass@1"))]
+        row += [fmt_pct(m["pass@k"][k], ci[f"pass@{k}"]) for k in ks]
+        row += [fmt_pct(m["maj@k"][ks[-1]], ci[f"maj@{ks[-1]}"]), fmt_pct(m["pass_ratio"], ci["pass_ratio"])]
         row += [str(m["status_counts"][s]) for s in ("no_answer", "timeout", "error")]
         lines.append("| " + " | ".join(row) + " |")
     return "\n".join(lines) + "\n"
@@ -119,7 +120,7 @@ def maj_table(metrics: dict) -> str:
     lines = ["| dataset | " + " | ".join(f"maj@{k}" for k in ks) + " |", "|" + "---|" * (len(ks) + 1)]
     for name in names:
         m = metrics[name]
-        lines.append(f"| {name} | " + " | ".join(_fmt(m["maj@k"][k], m["ci95"][f"maj@{k}"]) for k in ks) + " |")
+        lines.append(f"| {name} | " + " | ".join(fmt_pct(m["maj@k"][k], m["ci95"][f"maj@{k}"]) for k in ks) + " |")
     return "\n".join(lines) + "\n"
 
 

@@ -75,7 +75,10 @@ def verify_messages(question: str, solution: str) -> list[dict[str, str]]:
 
 _MARKER = re.compile(r"(?:new\s+(?:math\s+)?(?:word\s+)?problem|new\s+question|problem|question)\s*\d*\s*[:：]\s*",
                      re.IGNORECASE)
-_TRAILER = re.compile(r"\n\s*(?:\*\*)?\s*(?:solution|answer|step\s*1|explanation|note)\b\s*[:：]?", re.IGNORECASE)
+_TRAILER = re.compile(r"\n\s*(?:\*\*)?\s*(?:solution|answer|step\s*1|explanation|note)\b\s*[:：]?"
+                      # a paragraph that starts solving or commenting ends the problem (small teachers do this)
+                      r"|\n\s*\n\s*(?:the answer|the story|the new problem|to (?:solve|find)|so,|this (?:is|means)|"
+                      r"we (?:can|need)|let'?s|first,)", re.IGNORECASE)
 
 
 _HAS_ANSWER = re.compile(r"\\boxed|####|\bthe (?:final )?answer (?:to (?:this|the) (?:problem|question) )?is\b",
