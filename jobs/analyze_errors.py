@@ -34,7 +34,7 @@ from pydantic import Field
 from lib.config import ConfigError, StrictModel, load_config
 from lib.error_analysis import ARITHMETIC_METHOD, JUDGE_METHOD, arithmetic_label, find_equations, judge_messages, parse_judge_label, summarize
 from lib.progress import Progress, setup_logging
-from lib.teacher import BUDGET_EXHAUSTED, Governor, RequestCache, TeacherClient, TeacherSettings
+from lib.teacher import BUDGET_EXHAUSTED, Governor, RequestCache, TeacherClient, TeacherError, TeacherSettings, preflight
 
 log = logging.getLogger("mathray.analyze_errors")
 
@@ -102,6 +102,7 @@ def analyze_run(eval_dir: Path, config: ErrorAnalysisConfig, output_dir: Path | 
         result["methods"]["arithmetic"] = {"method": ARITHMETIC_METHOD, "num_labelled_of_incorrect": len(wrong),
                                            **summarize(labels, num_samples)}
     if config.judge is not None and wrong:
+        asyncio.run(preflight(config.judge))  # a bad key or URL is named before any sample is sent
         chosen = sorted(random.Random(config.seed).sample(range(len(wrong)), min(len(wrong), config.judge_max_samples)))
         judged = asyncio.run(judge_labels([wrong[i] for i in chosen], config.judge,
                                           RequestCache(output_dir / "judge_cache.sqlite"), config.judge_budget_usd))
@@ -138,5 +139,5 @@ if __name__ == "__main__":
         out = main()
         for name, m in out["methods"].items():
             print(f"{name}: {m['counts']} of {out['num_incorrect']} incorrect / {out['num_samples']} samples; rates {m['rates']}")
-    except ConfigError as exc:
+    except (ConfigError, TeacherError) as exc:
         raise SystemExit(f"error: {exc}") from None

@@ -106,8 +106,11 @@ class PipelineConfig(StrictModel):
 # ------------------------------------------------------------------------------------------ stages
 
 
-def _comparable(config: BaseModel) -> dict[str, Any]:
-    return {k: v for k, v in config.model_dump(mode="json").items() if k not in RUN_ONLY_KEYS}
+def _comparable(config: BaseModel, run_dir: Path) -> dict[str, Any]:
+    """What decides a stage's outputs: the job config without run-only keys and its own output_dir, with
+    paths inside the run directory written relative to it (a moved run directory stays complete)."""
+    data = {k: v for k, v in config.model_dump(mode="json").items() if k not in RUN_ONLY_KEYS | {"output_dir"}}
+    return json.loads(json.dumps(data).replace(json.dumps(str(run_dir))[1:-1], "<run_dir>"))
 
 
 class Stages:
@@ -261,7 +264,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
 
     config = job_config(PipelineConfig, argv, __doc__, "e.g. sizes=[8,32] evaluate.limit=4")
     validate_inputs(config)
-    run_dir = Path(config.output_dir)
+    run_dir = Path(config.output_dir).resolve()  # absolute: stages' actors and workers run elsewhere
     run_dir.mkdir(parents=True, exist_ok=True)
     dump_config(config, run_dir / "config.yaml", provenance(config))
     start = time.monotonic()
@@ -271,7 +274,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
 
     def evaluate(name: str, model: str, directory: Path) -> None:
         cfg = config.evaluate.model_copy(update={"model": model, "output_dir": str(directory)})
-        stages.run(f"evaluate {name}", directory, _comparable(cfg),
+        stages.run(f"evaluate {name}", directory, _comparable(cfg, run_dir),
                    lambda: run_job(jobs.evaluate.main, cfg, run_dir / "configs" / f"evaluate-{name}.yaml"))
 
     evaluate("base", config.model, run_dir / "base")
@@ -289,7 +292,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                         include={"base_url", "model", "api_key_env"}))})
                 run_job(jobs.synthesize.main, run_cfg, run_dir / "configs" / "synthesize.yaml")
 
-        record = {**_comparable(cfg), "serve_teacher": config.serve_teacher and config.serve_teacher.model_dump()}
+        record = {**_comparable(cfg, run_dir), "serve_teacher": config.serve_teacher and config.serve_teacher.model_dump()}
         stages.run("synthesize", synth_dir, record, synthesize)
 
     subsets = write_subsets(config, run_dir)
@@ -298,7 +301,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         train_dir = run_dir / "sft" / name
         data = DataSource(source=str(run_dir / "subsets" / f"{name}.jsonl"))
         cfg = config.train.model_copy(update={"model": config.model, "data": data, "output_dir": str(train_dir)})
-        record = {**_comparable(cfg), "subset_sha256": subsets["sources"][source]["files"][str(size)]["sha256"]}
+        record = {**_comparable(cfg, run_dir), "subset_sha256": subsets["sources"][source]["files"][str(size)]["sha256"]}
         stages.run(f"train {name}", train_dir, record,
                    lambda cfg=cfg, name=name: run_job(jobs.train_sft.main, cfg, run_dir / "configs" / f"train-{name}.yaml"))
         evaluate(name, str(train_dir / "hf"), run_dir / "eval" / name)

@@ -192,6 +192,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         raise ConfigError(f"deepspeed_config: {config.deepspeed_config} does not exist")
     output_dir = Path(config.output_dir).resolve()
     output_dir.mkdir(parents=True, exist_ok=True)
+    # The workers run in Ray Train's own working directory: give them absolute paths.
+    model = str(Path(config.model).resolve()) if Path(config.model).is_dir() else config.model
+    config = config.model_copy(update={"output_dir": str(output_dir), "model": model})
 
     import ray
     import ray.train

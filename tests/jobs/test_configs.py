@@ -5,12 +5,13 @@ from pathlib import Path
 import pytest
 
 from jobs.evaluate import EvaluateConfig
+from jobs.pipeline import PipelineConfig
 from jobs.synthesize import SynthesizeConfig
 from jobs.train_sft import TrainSFTConfig
 from lib.config import load_config
 
 CONFIGS = Path(__file__).resolve().parents[2] / "jobs" / "configs"
-MODELS = {"evaluate": EvaluateConfig, "synthesize": SynthesizeConfig, "train_sft": TrainSFTConfig}
+MODELS = {"evaluate": EvaluateConfig, "synthesize": SynthesizeConfig, "train_sft": TrainSFTConfig, "pipeline": PipelineConfig}
 
 
 @pytest.mark.parametrize("path", sorted(CONFIGS.glob("*.yaml")), ids=lambda p: p.name)
