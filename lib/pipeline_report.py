@@ -149,6 +149,16 @@ def _plt():
     return plt
 
 
+def _size_axis(ax, sizes: list[int], label: str) -> None:
+    """A log x axis with a plain tick at every SFT size."""
+    from matplotlib.ticker import NullLocator
+
+    ax.set_xscale("log")
+    ax.xaxis.set_minor_locator(NullLocator())
+    ax.set_xticks(sorted(set(sizes)), [f"{s:,}" for s in sorted(set(sizes))])
+    ax.set_xlabel(label)
+
+
 def plot_scaling(path: Path, runs: list[dict], dataset: str) -> None:
     """greedy pass@1, PassRatio@n and pass@n vs SFT examples, synthetic vs real; the base model dotted."""
     plt = _plt()
@@ -171,8 +181,8 @@ def plot_scaling(path: Path, runs: list[dict], dataset: str) -> None:
                 ax.errorbar(xs, ys, yerr=err, fmt=style, color=color, capsize=3, label=source)
         if base and dataset in base["metrics"]:
             ax.axhline(value(base["metrics"][dataset], key)[0], color="gray", linestyle=":", label="base model")
-        ax.set_xscale("log")
-        ax.set_xlabel("SFT examples")
+        _size_axis(ax, [r["size"] for r in runs if r["source"] != "base"] or [1], "SFT examples")
+        ax.set_ylim(bottom=0)
         ax.set_ylabel(f"{label} (%)")
         ax.set_title(f"{dataset}: {label}")
         ax.grid(True, alpha=0.3)
@@ -191,8 +201,10 @@ def plot_passk_curves(path: Path, runs: list[dict], dataset: str) -> None:
         ks = [int(k) for k in m["pass@k"]]
         axes[0].plot(ks, [100 * v for v in m["pass@k"].values()], "o-", color=f"C{i % 10}", label=r["name"])
         axes[1].plot(ks, [100 * v for v in m["maj@k"].values()], "s--", color=f"C{i % 10}", label=r["name"])
+    ks = sorted({int(k) for r in runs if r["metrics"] and dataset in r["metrics"] for k in r["metrics"][dataset]["pass@k"]})
     for ax, label in zip(axes, ("pass@k", "maj@k")):
         ax.set_xscale("log", base=2)
+        ax.set_xticks(ks, [str(k) for k in ks])
         ax.set_xlabel("k (samples)")
         ax.set_ylabel(f"{label} (%)")
         ax.set_title(f"{dataset}: {label}")
@@ -221,8 +233,8 @@ def plot_errors(path: Path, runs: list[dict]) -> bool:
                     label=f"{source} {other.replace('_', ' ')} ({method})")
             drawn = True
     if drawn:
-        ax.set_xscale("log")
-        ax.set_xlabel("SFT examples (base model at 1)")
+        _size_axis(ax, [max(r["size"], 1) for r in runs if r["errors"]], "SFT examples (the base model at 1)")
+        ax.set_ylim(bottom=0)
         ax.set_ylabel("share of all samples (%)")
         ax.grid(True, alpha=0.3)
         ax.legend(fontsize=7)

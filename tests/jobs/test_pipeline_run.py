@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 
+from lib.grading import settings as grader_settings
 from tests.fake_teacher import FakeTeacher
 
 REPO = Path(__file__).resolve().parents[2]
@@ -86,4 +87,4 @@ def test_pipeline_killed_after_synthesis_resumes_to_the_report_and_a_rerun_skips
     assert html.count("data:image/png;base64,") == 3 and "src=\"figures/" not in html  # self-contained
     manifest = json.loads((out / "manifest.json").read_text())
     assert manifest["models"]["base"] == "tiny" and manifest["prompt"]["name"] == "boxed"
-    assert manifest["grader"]["relative_tolerance"] == 1e-06
+    assert manifest["grader"] == grader_settings()

