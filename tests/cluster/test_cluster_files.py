@@ -83,7 +83,7 @@ def test_kuberay_manifests_name_existing_entrypoints_and_valid_serve_config():
             jobs.append(check_job_entrypoint(spec["entrypoint"]))
         if doc["kind"] == "RayService":
             check_serve_config(yaml.safe_load(spec["serveConfigV2"]))
-    assert sorted(jobs) == ["evaluate", "synthesize", "train_sft"]
+    assert sorted(jobs) == ["evaluate", "pipeline", "synthesize", "train_sft"]
 
 
 def test_serve_configs_validate():
