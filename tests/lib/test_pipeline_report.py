@@ -123,3 +123,22 @@ def test_html_is_self_contained_with_the_same_tables(run):
     assert html.count("<table>") == md.count("\n|---") and "<td>12.5 [0.0, 37.5]</td>" in html
     assert sorted(p.name for p in (run_dir / "figures").iterdir()) == ["errors.png", "passk_gsm8k.png", "scaling_gsm8k.png"]
     assert out["excerpt"].splitlines()[2].startswith("| run | SFT data | examples |")
+
+
+def test_every_configured_dataset_gets_its_own_tables_and_figures(tmp_path):
+    """An OOD set evaluated beside GSM8K (here: SVAMP entries made from the stored GSM8K ones, values
+    changed) gets its own scaling and pass@k tables and figures, with its own numbers."""
+    run_dir = tmp_path / "run"
+    shutil.copytree(STORED, run_dir)
+    for directory in RUNS.values():
+        path = run_dir / directory / "metrics.json"
+        data = json.loads(path.read_text())
+        svamp = json.loads(json.dumps(data["gsm8k"]))
+        svamp["greedy_pass@1"], svamp["ci95"]["greedy_pass@1"] = 0.625, [0.25, 1.0]
+        path.write_text(json.dumps({**data, "svamp": svamp}))
+    write_report(run_dir)
+    md = (run_dir / "report.md").read_text()
+    rows = table_after(md, "### svamp")
+    assert [r["run"] for r in rows] == list(RUNS) and {r["greedy pass@1"] for r in rows} == {"62.5 [25.0, 100.0]"}
+    assert table_after(md, "### gsm8k")[0]["greedy pass@1"] == "12.5 [0.0, 37.5]"
+    assert (run_dir / "figures" / "scaling_svamp.png").exists() and (run_dir / "figures" / "passk_svamp.png").exists()
