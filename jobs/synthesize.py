@@ -237,6 +237,7 @@ def finalize(config: SynthesizeConfig, teacher: TeacherSettings, output_dir: Pat
         "decontamination": {"ngram": config.decontamination.ngram, "test_questions": len(test_index) if test_index else 0},
         "dedup": config.dedup.model_dump(),
         "cost_this_run_usd": ledger["spent"] - ledger["already_spent"],
+        "spent_total_usd": RequestCache(output_dir / "cache.sqlite").total_cost(),  # every paid response, once
         "budget_usd": config.budget_usd, "stopped_by_budget": stopped_by_budget,
         "error_fraction": run.error_fraction, "files": files, "notes": notes,
     }

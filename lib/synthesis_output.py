@@ -299,7 +299,9 @@ def data_card_markdown(card: dict[str, Any]) -> str:
     lines = [f"# Data card: {card.get('name', 'synthetic SFT data')}", ""]
     lines += [f"- teacher: `{card['teacher']['model']}` at {card['teacher']['base_url'] or 'the OpenAI API'}",
               f"- final dataset: **{card['rows']} rows** ({card['questions']} questions) in `data/`",
-              f"- spend: ${card['totals']['cost']:.4f} in all (this run: ${card.get('cost_this_run_usd', 0):.4f}); "
+              f"- spend: ${card.get('spent_total_usd', card['totals']['cost']):.4f} in all (this run: "
+              f"${card.get('cost_this_run_usd', 0):.4f}); the responses used are worth ${card['totals']['cost']:.4f} "
+              "(a response reused from the cache counts each time it is used); "
               f"requests sent {card['totals']['requests']:.0f}, served from cache {card['totals']['cached']:.0f}, "
               f"failed {card['totals']['failed']:.0f}",
               f"- stopped by budget: {card.get('stopped_by_budget', False)}", "",
