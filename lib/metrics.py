@@ -83,7 +83,9 @@ def _maj_exact(ids: np.ndarray, k: int) -> float:
 def _maj_sampled(ids: np.ndarray, k: int, permutations: np.ndarray) -> float:
     """Mean subset score over the first ``k`` columns of each row of ``permutations``."""
     num_subsets = permutations.shape[0]
-    num_groups = int(ids.max()) + 2  # column 0: no answer (shifted by one), 1: correct, 2..: wrong groups
+    # column 0: no answer (shifted by one), 1: correct, 2..: wrong groups; the correct column exists even when
+    # no sample has an answer
+    num_groups = max(int(ids.max()), 0) + 2
     shifted = ids[permutations[:, :k]] + 1
     flat = (np.arange(num_subsets)[:, None] * num_groups + shifted).ravel()
     votes = np.bincount(flat, minlength=num_subsets * num_groups).reshape(num_subsets, num_groups)[:, 1:]

@@ -135,3 +135,12 @@ def test_aggregate_averages_questions():
     assert out["pass_ratio"] == 0.5
     assert set(out["ci95"]) == {"greedy_pass@1", "pass@1", "pass@2", "pass@4", "maj@1", "maj@2", "maj@4", "pass_ratio"}
 
+
+
+def test_maj_at_k_is_zero_when_no_sample_has_an_answer_on_both_estimator_paths():
+    """A question whose samples all lack an answer (a tiny model, a short max_tokens) scores maj@k = 0 for
+    every k, on the exact path (small C(n,k)) and on the sampled one (large C(n,k)), instead of crashing."""
+    from lib.metrics import maj_at_k_all
+
+    assert maj_at_k_all([None] * 4, [False] * 4, [1, 2, 4]) == {1: 0.0, 2: 0.0, 4: 0.0}
+    assert maj_at_k_all([None] * 1000, [False] * 1000, [1, 512, 1000]) == {1: 0.0, 512: 0.0, 1000: 0.0}
