@@ -11,9 +11,10 @@ Writes: ``output_dir/`` with
           synthesize/                  jobs.synthesize (data/, data_card.json, ...)
           subsets/{source}-{size}.jsonl  nested SFT subsets (id, question, solution) and subsets.json
           sft/{source}-{size}/         jobs.train_sft (hf/ is the checkpoint)
-          eval/{source}-{size}/        jobs.evaluate of that checkpoint, plus error_analysis.json
+          eval/{source}-{size}/        jobs.evaluate of that checkpoint, plus error_analysis/ (jobs.analyze_errors)
           configs/*.yaml               every stage's job config, as run
-          report.md, report.html (self-contained), report.json, figures/*.png, manifest.json, stages.json
+          report.md, report.html (self-contained), report.json, figures/*.png, manifest.json, stages.json,
+          summary.json (stage states and times, subsets, report paths)
 
 Each stage calls its job's ``main`` with a generated config file (no second implementation). A finished
 stage leaves ``.done.json`` (the config it ran with) and is skipped on a rerun; a killed stage is resumed
@@ -313,8 +314,11 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                    lambda directory=directory: analyze_run(directory, config.error_analysis))
     stages.index += 1
     report = write_report(run_dir)
-    log.info("stage %d/%d report: %s and %s (pipeline %.0f s)", stages.index, stages.total, report["html"], report["md"],
-             time.monotonic() - start)
+    seconds = time.monotonic() - start
+    summary = {"seconds": round(seconds, 1), "stages": stages.records, "subsets": subsets,
+               "report": {"html": report["html"], "md": report["md"]}}
+    (run_dir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+    log.info("stage %d/%d report: %s and %s (pipeline %.0f s)", stages.index, stages.total, report["html"], report["md"], seconds)
     return report
 
 

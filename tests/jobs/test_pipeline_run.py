@@ -85,6 +85,8 @@ def test_pipeline_killed_after_synthesis_resumes_to_the_report_and_a_rerun_skips
         assert row in report
     html = (out / "report.html").read_text()
     assert html.count("data:image/png;base64,") == 3 and "src=\"figures/" not in html  # self-contained
+    summary = json.loads((out / "summary.json").read_text())
+    assert [s["state"] for s in summary["stages"]] == ["skipped"] * 9 and summary["report"]["md"] == str(out / "report.md")
     manifest = json.loads((out / "manifest.json").read_text())
     assert manifest["models"]["base"] == "tiny" and manifest["prompt"]["name"] == "boxed"
     assert manifest["grader"] == grader_settings()
