@@ -159,6 +159,20 @@ def _size_axis(ax, sizes: list[int], label: str) -> None:
     ax.set_xlabel(label)
 
 
+def _style(ax, ylabel: str, title: str | None = None, legend_size: int = 8) -> None:
+    ax.set_ylabel(ylabel)
+    if title:
+        ax.set_title(title)
+    ax.grid(True, alpha=0.3)
+    ax.legend(fontsize=legend_size)
+
+
+def _save(plt, fig, path: Path) -> None:
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
 def plot_scaling(path: Path, runs: list[dict], dataset: str) -> None:
     """greedy pass@1, PassRatio@n and pass@n vs SFT examples, synthetic vs real; the base model dotted."""
     plt = _plt()
@@ -183,13 +197,8 @@ def plot_scaling(path: Path, runs: list[dict], dataset: str) -> None:
             ax.axhline(value(base["metrics"][dataset], key)[0], color="gray", linestyle=":", label="base model")
         _size_axis(ax, [r["size"] for r in runs if r["source"] != "base"] or [1], "SFT examples")
         ax.set_ylim(bottom=0)
-        ax.set_ylabel(f"{label} (%)")
-        ax.set_title(f"{dataset}: {label}")
-        ax.grid(True, alpha=0.3)
-        ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+        _style(ax, f"{label} (%)", f"{dataset}: {label}")
+    _save(plt, fig, path)
 
 
 def plot_passk_curves(path: Path, runs: list[dict], dataset: str) -> None:
@@ -206,13 +215,8 @@ def plot_passk_curves(path: Path, runs: list[dict], dataset: str) -> None:
         ax.set_xscale("log", base=2)
         ax.set_xticks(ks, [str(k) for k in ks])
         ax.set_xlabel("k (samples)")
-        ax.set_ylabel(f"{label} (%)")
-        ax.set_title(f"{dataset}: {label}")
-        ax.grid(True, alpha=0.3)
-        ax.legend(fontsize=7)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+        _style(ax, f"{label} (%)", f"{dataset}: {label}", legend_size=7)
+    _save(plt, fig, path)
 
 
 def plot_errors(path: Path, runs: list[dict]) -> bool:
@@ -235,12 +239,10 @@ def plot_errors(path: Path, runs: list[dict]) -> bool:
     if drawn:
         _size_axis(ax, [max(r["size"], 1) for r in runs if r["errors"]], "SFT examples (the base model at 1)")
         ax.set_ylim(bottom=0)
-        ax.set_ylabel("share of all samples (%)")
-        ax.grid(True, alpha=0.3)
-        ax.legend(fontsize=7)
-        fig.tight_layout()
-        fig.savefig(path, dpi=110)
-    plt.close(fig)
+        _style(ax, "share of all samples (%)", legend_size=7)
+        _save(plt, fig, path)
+    else:
+        plt.close(fig)
     return drawn
 
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from dataclasses import astuple
+
 import pytest
 
 from lib.error_analysis import (
@@ -18,84 +20,46 @@ from lib.error_analysis import (
 )
 
 
-def eq(text: str, expression: str, claimed: float, value: float, ok: bool) -> Equation:
-    return Equation(text=text, expression=expression, claimed=claimed, value=value, ok=ok)
-
-
-def test_wrong_products_and_quotients_are_flagged():
-    text = "So, Janace’s ducks lay 16 * 64 = 1120 eggs per day. Then 1120 / 16 = 7.41 per duck."
-    assert find_equations(text) == [
-        eq("16 * 64 = 1120", "16 * 64", 1120.0, 1024.0, False),
-        eq("1120 / 16 = 7.41", "1120 / 16", 7.41, 70.0, False),
-    ]
-    assert arithmetic_label(text) == "calculation"
-
-
-def test_correct_gsm8k_prose_with_dollar_claim_passes():
-    text = "She has 16 - 3 - 4 = 9 eggs left. 9 * 2 = $18."
-    assert find_equations(text) == [
-        eq("16 - 3 - 4 = 9", "16 - 3 - 4", 9.0, 9.0, True),
-        eq("9 * 2 = 18", "9 * 2", 18.0, 18.0, True),
-    ]
-    assert arithmetic_label(text) == "no_slip_found"
-
-
-def test_calculator_annotation_is_checked_once_even_when_prose_repeats_it():
-    assert find_equations("<<16-3-4=9>>") == [eq("16-3-4 = 9", "16-3-4", 9.0, 9.0, True)]
-    text = "Janet sells 16 - 3 - 4 = <<16-3-4=9>>9 duck eggs and makes 9 * 2 = $<<9*2=19>>19."
-    assert find_equations(text) == [
-        eq("16-3-4 = 9", "16-3-4", 9.0, 9.0, True),
-        eq("9*2 = 19", "9*2", 19.0, 18.0, False),
-    ]
-    assert arithmetic_label(text) == "calculation"
-
-
-def test_thousands_commas_and_dollar_signs_are_normalized():
-    assert find_equations("It costs $1,200 + $300 = $1,500, and 3 + 4 = 7, so 7 * 2 = 15.") == [
-        eq("1200 + 300 = 1500", "1200 + 300", 1500.0, 1500.0, True),
-        eq("3 + 4 = 7", "3 + 4", 7.0, 7.0, True),
-        eq("7 * 2 = 15", "7 * 2", 15.0, 14.0, False),
-    ]
-
-
-def test_latex_times_cdot_div_frac_and_unicode_operators():
-    text = (
+FIND_CASES = {
+    "wrong products and quotients are flagged": (
+        "So, Janace’s ducks lay 16 * 64 = 1120 eggs per day. Then 1120 / 16 = 7.41 per duck.",
+        [("16 * 64 = 1120", "16 * 64", 1120.0, 1024.0, False), ("1120 / 16 = 7.41", "1120 / 16", 7.41, 70.0, False)]),
+    "correct GSM8K prose with a dollar claim passes": (
+        "She has 16 - 3 - 4 = 9 eggs left. 9 * 2 = $18.",
+        [("16 - 3 - 4 = 9", "16 - 3 - 4", 9.0, 9.0, True), ("9 * 2 = 18", "9 * 2", 18.0, 18.0, True)]),
+    "a calculator annotation alone": ("<<16-3-4=9>>", [("16-3-4 = 9", "16-3-4", 9.0, 9.0, True)]),
+    "an annotation is checked once even when the prose repeats it": (
+        "Janet sells 16 - 3 - 4 = <<16-3-4=9>>9 duck eggs and makes 9 * 2 = $<<9*2=19>>19.",
+        [("16-3-4 = 9", "16-3-4", 9.0, 9.0, True), ("9*2 = 19", "9*2", 19.0, 18.0, False)]),
+    "thousands commas and dollar signs are normalized": (
+        "It costs $1,200 + $300 = $1,500, and 3 + 4 = 7, so 7 * 2 = 15.",
+        [("1200 + 300 = 1500", "1200 + 300", 1500.0, 1500.0, True), ("3 + 4 = 7", "3 + 4", 7.0, 7.0, True),
+         ("7 * 2 = 15", "7 * 2", 15.0, 14.0, False)]),
+    "LaTeX times, cdot, div, frac and unicode operators": (
         r"$16 \times 64 = 1024$, \(\frac{10}{4} = 2.5\), $\dfrac{\frac{1}{2}}{4} = 0.125$, "
-        r"$9 \cdot 2 = \boxed{18}$, $12 \div 5 = 2.4$, 6 × 7 = 42, 8 ÷ 2 = 4, 2 x $1,250 = $2,600."
-    )
-    assert find_equations(text) == [
-        eq("16 * 64 = 1024", "16 * 64", 1024.0, 1024.0, True),
-        eq("(10)/(4) = 2.5", "(10)/(4)", 2.5, 2.5, True),
-        eq("((1)/(2))/(4) = 0.125", "((1)/(2))/(4)", 0.125, 0.125, True),
-        eq("9 * 2 = (18)", "9 * 2", 18.0, 18.0, True),
-        eq("12 / 5 = 2.4", "12 / 5", 2.4, 2.4, True),
-        eq("6 * 7 = 42", "6 * 7", 42.0, 42.0, True),
-        eq("8 / 2 = 4", "8 / 2", 4.0, 4.0, True),
-        eq("2 * 1250 = 2600", "2 * 1250", 2600.0, 2500.0, False),
-    ]
+        r"$9 \cdot 2 = \boxed{18}$, $12 \div 5 = 2.4$, 6 × 7 = 42, 8 ÷ 2 = 4, 2 x $1,250 = $2,600.",
+        [("16 * 64 = 1024", "16 * 64", 1024.0, 1024.0, True), ("(10)/(4) = 2.5", "(10)/(4)", 2.5, 2.5, True),
+         ("((1)/(2))/(4) = 0.125", "((1)/(2))/(4)", 0.125, 0.125, True), ("9 * 2 = (18)", "9 * 2", 18.0, 18.0, True),
+         ("12 / 5 = 2.4", "12 / 5", 2.4, 2.4, True), ("6 * 7 = 42", "6 * 7", 42.0, 42.0, True),
+         ("8 / 2 = 4", "8 / 2", 4.0, 4.0, True), ("2 * 1250 = 2600", "2 * 1250", 2600.0, 2500.0, False)]),
+    "powers, negative results and markdown bold": (
+        "2^10 = 1024, 3**2 = 9, 5 - 8 = -3, **Total: 5 + 3 = 8**.",
+        [("2**10 = 1024", "2**10", 1024.0, 1024.0, True), ("3**2 = 9", "3**2", 9.0, 9.0, True),
+         ("5 - 8 = -3", "5 - 8", -3.0, -3.0, True), ("5 + 3 = 8", "5 + 3", 8.0, 8.0, True)]),
+    "a chain checks each number against the nearest expression": (
+        "3 + 4 = 7 = 8", [("3 + 4 = 7", "3 + 4", 7.0, 7.0, True), ("3 + 4 = 7 = 8", "3 + 4", 8.0, 7.0, False)]),
+    "a chain after a first expression": ("2 * 3 + 1 = 6 + 1 = 8", [("6 + 1 = 8", "6 + 1", 8.0, 7.0, False)]),
+    "a chain after a variable": ("x = 2 + 3 = 5", [("2 + 3 = 5", "2 + 3", 5.0, 5.0, True)]),
+    "division by zero is skipped": ("5 / 0 = 3", []),
+    "division by zero resets the chain": ("5 / (3 - 3) = 7 = 2 + 2 = 4", [("2 + 2 = 4", "2 + 2", 4.0, 4.0, True)]),
+}
 
 
-def test_powers_negative_results_and_markdown_bold():
-    assert find_equations("2^10 = 1024, 3**2 = 9, 5 - 8 = -3, **Total: 5 + 3 = 8**.") == [
-        eq("2**10 = 1024", "2**10", 1024.0, 1024.0, True),
-        eq("3**2 = 9", "3**2", 9.0, 9.0, True),
-        eq("5 - 8 = -3", "5 - 8", -3.0, -3.0, True),
-        eq("5 + 3 = 8", "5 + 3", 8.0, 8.0, True),
-    ]
-
-
-def test_chain_checks_each_number_against_the_nearest_expression():
-    assert find_equations("3 + 4 = 7 = 8") == [
-        eq("3 + 4 = 7", "3 + 4", 7.0, 7.0, True),
-        eq("3 + 4 = 7 = 8", "3 + 4", 8.0, 7.0, False),
-    ]
-    assert find_equations("2 * 3 + 1 = 6 + 1 = 8") == [eq("6 + 1 = 8", "6 + 1", 8.0, 7.0, False)]
-    assert find_equations("x = 2 + 3 = 5") == [eq("2 + 3 = 5", "2 + 3", 5.0, 5.0, True)]
-
-
-def test_division_by_zero_is_skipped_and_resets_the_chain():
-    assert find_equations("5 / 0 = 3") == []
-    assert find_equations("5 / (3 - 3) = 7 = 2 + 2 = 4") == [eq("2 + 2 = 4", "2 + 2", 4.0, 4.0, True)]
+@pytest.mark.parametrize("text, expected", FIND_CASES.values(), ids=FIND_CASES.keys())
+def test_find_equations_exact(text: str, expected: list[tuple]):
+    assert [astuple(e) for e in find_equations(text)] == expected
+    assert all(isinstance(e, Equation) for e in find_equations(text))
+    assert arithmetic_label(text) == ("calculation" if any(not ok for *_, ok in expected) else "no_slip_found")
 
 
 @pytest.mark.parametrize(

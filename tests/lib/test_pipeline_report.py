@@ -42,12 +42,17 @@ def metrics(run_dir: Path, name: str) -> dict:
     return json.loads((run_dir / RUNS[name] / "metrics.json").read_text())["gsm8k"]
 
 
-def test_data_scaling_table_equals_metrics_json_for_every_run(run):
+def rows_with_metrics(run, heading: str) -> list[tuple[dict[str, str], dict]]:
+    """The table after ``heading`` (one row per run, in order) paired with each run's gsm8k metrics."""
     run_dir, md, _ = run
-    rows = table_after(md, "## Data scaling")
+    rows = table_after(md, heading)
     assert [r["run"] for r in rows] == list(RUNS)
-    for row in rows:
-        m = metrics(run_dir, row["run"])
+    return [(row, metrics(run_dir, row["run"])) for row in rows]
+
+
+def test_data_scaling_table_equals_metrics_json_for_every_run(run):
+    pairs = rows_with_metrics(run, "## Data scaling")
+    for row, m in pairs:
         ci = m["ci95"]
         assert row["questions"] == "8" == str(m["num_questions"])
         assert row["greedy pass@1"] == pct(m["greedy_pass@1"], ci["greedy_pass@1"])
@@ -57,7 +62,7 @@ def test_data_scaling_table_equals_metrics_json_for_every_run(run):
         for status in ("correct", "incorrect", "no_answer", "timeout", "error"):
             assert row[status] == str(m["status_counts"][status])
         assert sum(int(row[s]) for s in ("correct", "incorrect", "no_answer", "timeout", "error")) == 8 * 16
-    by_name = {r["run"]: r for r in rows}
+    by_name = {row["run"]: row for row, _ in pairs}
     assert (by_name["base"]["SFT data"], by_name["base"]["examples"]) == ("base", "0")
     assert (by_name["real-32"]["SFT data"], by_name["real-32"]["examples"]) == ("real", "32")
     # the stored run's own values, pinned: a renderer that reads the wrong field cannot pass
@@ -66,11 +71,7 @@ def test_data_scaling_table_equals_metrics_json_for_every_run(run):
 
 
 def test_passk_table_has_every_k_for_every_run(run):
-    run_dir, md, _ = run
-    rows = table_after(md, "## pass@k and maj@k curves")
-    assert [r["run"] for r in rows] == list(RUNS)
-    for row in rows:
-        m = metrics(run_dir, row["run"])
+    for row, m in rows_with_metrics(run, "## pass@k and maj@k curves"):
         for k in ("1", "2", "4", "8", "16"):
             assert row[f"pass@{k}"] == pct(m["pass@k"][k], m["ci95"][f"pass@{k}"])
 
