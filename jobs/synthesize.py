@@ -286,8 +286,8 @@ def summary_lines(card: dict[str, Any]) -> str:
     lines = [f"{'stage':<{width}}  questions  solutions"]
     lines += [f"{s['stage']:<{width}}  {s.get('questions', ''):>9}  {s.get('solutions', ''):>9}" for s in card["stages"]]
     t = card["totals"]
-    lines.append(f"requests sent {t['requests']:.0f}, cached {t['cached']:.0f}, failed {t['failed']:.0f}, "
-                 f"tokens {t['prompt_tokens'] + t['completion_tokens']:.0f}, cost ${t['cost']:.4f}")
+    lines.append(f"requests sent {t['requests']:.0f} ({t.get('retries', 0):.0f} retries), cached {t['cached']:.0f}, "
+                 f"failed {t['failed']:.0f}, tokens {t['prompt_tokens'] + t['completion_tokens']:.0f}, cost ${t['cost']:.4f}")
     return "\n".join(lines)
 
 

@@ -190,8 +190,8 @@ class CardCounter:
                 "contaminated": len(outcome.contaminated),
             },
             "usage": {stage: dict(c) for stage, c in self.usage.items()},
-            "totals": {k: totals[k] for k in ("requests", "cached", "failed", "budget_refused", "prompt_tokens",
-                                              "completion_tokens", "cost")},
+            "totals": {k: totals[k] for k in ("requests", "retries", "cached", "failed", "budget_refused",
+                                              "prompt_tokens", "completion_tokens", "cost")},
             **extra,
         }
 
@@ -302,7 +302,8 @@ def data_card_markdown(card: dict[str, Any]) -> str:
               f"- spend: ${card.get('spent_total_usd', card['totals']['cost']):.4f} in all (this run: "
               f"${card.get('cost_this_run_usd', 0):.4f}); the responses used are worth ${card['totals']['cost']:.4f} "
               "(a response reused from the cache counts each time it is used); "
-              f"requests sent {card['totals']['requests']:.0f}, served from cache {card['totals']['cached']:.0f}, "
+              f"requests sent {card['totals']['requests']:.0f} ({card['totals'].get('retries', 0):.0f} of them retries), "
+              f"served from cache {card['totals']['cached']:.0f}, "
               f"failed {card['totals']['failed']:.0f}",
               f"- stopped by budget: {card.get('stopped_by_budget', False)}", "",
               "## Rows after every stage", "", "| stage | questions | solutions |", "|---|---:|---:|"]

@@ -87,6 +87,7 @@ class StageSettings(StrictModel):
 @dataclass
 class Usage:
     requests: int = 0  # HTTP attempts sent
+    retries: int = 0  # of those, attempts after a failed one (a dropped connection, a 429, a 5xx...)
     cached: int = 0
     failed: int = 0  # requests that failed for good (after retries)
     budget_refused: int = 0
@@ -96,6 +97,7 @@ class Usage:
 
     def add(self, c: Completion) -> None:
         self.requests += c.attempts
+        self.retries += max(0, c.attempts - 1)
         self.cached += int(c.cached)
         self.failed += int(c.error is not None and c.error != BUDGET_EXHAUSTED)
         self.budget_refused += int(c.error == BUDGET_EXHAUSTED)

@@ -100,6 +100,7 @@ def test_stage_counts_removals_and_a_cached_rerun(tmp_path):
         "duplicates": {"exact": 1, "near": 1}, "contaminated": 1,
     }
     assert card["totals"]["requests"] == 83 and card["totals"]["cached"] == 0 and card["totals"]["failed"] == 0
+    assert card["totals"]["retries"] == 0
     contaminated = [json.loads(line) for line in (out / "decontamination.jsonl").read_text().splitlines()]
     assert [(c["question_id"], c["test_id"]) for c in contaminated] == [("gsm8k/train/2/q0", "gsm8k/test/0")]
     rows = pq.read_table(out / "data").to_pylist()
@@ -199,6 +200,9 @@ def test_too_many_failed_requests_fail_the_job_with_the_output_saved(tmp_path):
                       "min_requests_for_error_check=10"))
     card = json.loads((out / "data_card.json").read_text())
     assert card["rows"] == 0 and card["totals"]["failed"] >= 4 and card["error_fraction"] > 0.05
+    solution = card["usage"]["solution"]  # max_attempts=2: each failed solution was sent twice, one retry
+    assert solution["requests"] == 2 * solution["failed"] and solution["retries"] == solution["failed"]
+    assert card["usage"]["question"]["retries"] == 0 and card["totals"]["retries"] == solution["failed"]
     rows = pq.read_table(out / "questions").to_pylist()
     assert rows and all("solution 0: 500" in json.loads(r["errors_json"])[0] for r in rows)
 
@@ -218,13 +222,18 @@ def test_tiny_config_with_vllms_server_then_cached_rerun(tmp_path):
     and a data card whose counts add up; the rerun sends no request."""
     out = tmp_path / "tiny"
     card = main(["--config", "jobs/configs/synthesize_tiny.yaml", f"output_dir={out}", "seed_limit=4"])
+    shown = json.dumps({k: card[k] for k in ("stages", "removals", "usage", "totals", "rows")}, indent=1)
     stages = {s["stage"]: s for s in card["stages"]}
-    assert stages["seeds"]["questions"] == 4 and stages["questions requested"]["questions"] == 8
+    assert stages["seeds"]["questions"] == 4 and stages["questions requested"]["questions"] == 8, shown
     usage = card["usage"]
-    assert usage["question"]["requests"] == 8 and usage["question"]["failed"] == 0
-    assert usage["solution"]["requests"] == 4 * stages["questions parsed"]["questions"]
-    assert pq.read_table(out / "data").num_rows == card["rows"] == stages["final dataset"]["solutions"]
-    assert (out / "data_card.md").exists() and card["totals"]["cost"] > 0
+    # A dropped keep-alive connection is retried; `retries` counts those extra attempts exactly.
+    assert usage["question"]["requests"] - usage["question"]["retries"] == 8 and usage["question"]["failed"] == 0, shown
+    assert usage["solution"]["requests"] - usage["solution"]["retries"] == 4 * stages["questions parsed"]["questions"], shown
+    assert pq.read_table(out / "data").num_rows == card["rows"] == stages["final dataset"]["solutions"], shown
+    assert (out / "data_card.md").exists() and card["totals"]["cost"] > 0, shown
     again = main(["--config", "jobs/configs/synthesize_tiny.yaml", f"output_dir={out}", "seed_limit=4"])
-    assert again["totals"]["requests"] == 0 and again["totals"]["cached"] == card["totals"]["requests"]
-    assert again["stages"] == card["stages"]
+    shown_again = json.dumps({k: again[k] for k in ("stages", "removals", "usage", "totals", "rows")}, indent=1)
+    t = card["totals"]
+    assert again["totals"]["requests"] == 0, shown_again
+    assert again["totals"]["cached"] == t["requests"] - t["retries"] + t["cached"], f"first run: {shown}\nrerun: {shown_again}"
+    assert again["stages"] == card["stages"], f"first run: {shown}\nrerun: {shown_again}"
