@@ -35,7 +35,7 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
-from pydantic import Field, field_validator, model_validator
+from pydantic import Field, SecretStr, field_validator, model_validator
 
 from jobs.evaluate import DatasetRef, check_names, init_ray, load_refs
 from lib import __version__
@@ -168,15 +168,18 @@ def run_stage(config: SynthesizeConfig, teacher: TeacherSettings, seeds: list, o
     items = [{"seed_id": s.id, "dataset": s.dataset, "question": s.question, "answer": s.answer,
               "level": s.level or "", "type": s.type or ""} for s in seeds]
     ds = ray.data.from_items(items, override_num_blocks=max(1, len(items) // config.resources.seeds_per_batch))
-    # The client actors read the key from their environment: hand them the driver's (a cluster started
-    # before the variable was set, or by another shell, would not have it).
-    env = {teacher.api_key_env: os.environ[teacher.api_key_env]} if os.environ.get(teacher.api_key_env) else {}
+    # The client actors get the driver's key as a constructor argument wrapped in SecretStr (its repr is
+    # masked): never as runtime_env env_vars, which Ray writes in plain text to runtime_env_agent.log and,
+    # on a cluster, to job metadata the dashboard shows. A cluster started before the variable was set, or
+    # by another shell, would not have it in the actors' environment.
+    key = os.environ.get(teacher.api_key_env)
     ds = ds.map_batches(
         SynthesizeSeeds,
         fn_constructor_kwargs={"teacher": teacher.model_dump(), "stage": config.stage.model_dump(),
-                               "cache_path": str(output_dir / "cache.sqlite"), "governor": governor},
+                               "cache_path": str(output_dir / "cache.sqlite"), "governor": governor,
+                               "api_key": SecretStr(key) if key else None},
         batch_size=config.resources.seeds_per_batch, compute=ray.data.ActorPoolStrategy(size=config.resources.num_clients),
-        num_cpus=config.resources.cpus_per_client, runtime_env={"env_vars": env} if env else None,
+        num_cpus=config.resources.cpus_per_client,
     )
     run = Run(config, len(seeds))
     stage_start, part = time.monotonic(), 0

@@ -125,7 +125,8 @@ class RemoteGovernor:
 class SynthesizeSeeds:
     """Ray Data stage (async): a batch of seed rows -> one row per generated question."""
 
-    def __init__(self, teacher: dict, stage: dict, cache_path: str, governor: Any = None):
+    def __init__(self, teacher: dict, stage: dict, cache_path: str, governor: Any = None, api_key: Any = None):
+        """``api_key``: a ``pydantic.SecretStr`` from the driver (never an env var of the actor: Ray logs those)."""
         from lib.grading import Grader
 
         setup_logging()
@@ -134,6 +135,7 @@ class SynthesizeSeeds:
         self.teacher = TeacherSettings.model_validate(teacher)
         self.settings = StageSettings.model_validate(stage)
         self.cache = RequestCache(cache_path)
+        self.api_key = api_key
         self.governor = RemoteGovernor(governor) if governor is not None and hasattr(governor, "acquire") and hasattr(governor.acquire, "remote") else governor
         self.client: TeacherClient | None = None
         self.grader = Grader(timeout=self.settings.grading_timeout_s)
@@ -141,7 +143,8 @@ class SynthesizeSeeds:
 
     def _client(self) -> TeacherClient:
         if self.client is None:  # created in the event loop that runs the requests
-            self.client = TeacherClient(self.teacher, governor=self.governor, cache=self.cache, seed=self.settings.seed)
+            self.client = TeacherClient(self.teacher, governor=self.governor, cache=self.cache, seed=self.settings.seed,
+                                        api_key=self.api_key)
         return self.client
 
     def _equivalent(self, a: str, b: str) -> bool:

@@ -34,7 +34,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from pydantic import Field
+from pydantic import Field, SecretStr
 
 from lib.config import StrictModel
 
@@ -75,8 +75,9 @@ class TeacherSettings(StrictModel):
     tokens_per_minute: float | None = Field(None, gt=0, description="across the whole job (prompt + max completion)")
     pricing: Pricing = Field(default_factory=Pricing)
 
-    def api_key(self) -> str:
-        key = os.environ.get(self.api_key_env)
+    def api_key(self, key: str | None = None) -> str:
+        """The key: ``key`` when given (handed over by the driver), else the env var ``api_key_env``."""
+        key = key or os.environ.get(self.api_key_env)
         if key:
             return key
         if self.base_url and any(h in self.base_url for h in ("127.0.0.1", "localhost")):
@@ -274,12 +275,15 @@ class TeacherClient:
     """Async chat completions with limits, retries, cache and ledger. Use one per process / event loop.
 
     ``governor`` is a :class:`Governor` or anything with the same ``acquire``/``settle``/``release``
-    methods returning awaitables or plain values (a Ray actor handle adapter, in a job).
+    methods returning awaitables or plain values (a Ray actor handle adapter, in a job). ``api_key`` (a
+    ``pydantic.SecretStr``, so no log or repr shows it) overrides the env var ``settings.api_key_env``.
     """
 
     def __init__(self, settings: TeacherSettings, governor: Any | None = None, cache: RequestCache | None = None,
-                 sleep: Callable[[float], Awaitable[None]] = asyncio.sleep, seed: int = 0):
+                 sleep: Callable[[float], Awaitable[None]] = asyncio.sleep, seed: int = 0,
+                 api_key: SecretStr | None = None):
         self.settings = settings
+        self._api_key = api_key
         self.governor = governor if governor is not None else Governor()
         self.cache = cache
         self.sleep = sleep
@@ -292,8 +296,10 @@ class TeacherClient:
         if self._client is None:
             import openai
 
-            self._client = openai.AsyncOpenAI(base_url=self.settings.base_url, api_key=self.settings.api_key(),
-                                              timeout=self.settings.timeout_s, max_retries=0)
+            self._client = openai.AsyncOpenAI(
+                base_url=self.settings.base_url,
+                api_key=self.settings.api_key(self._api_key.get_secret_value() if self._api_key else None),
+                timeout=self.settings.timeout_s, max_retries=0)
             self._semaphore = asyncio.Semaphore(self.settings.max_concurrency)
         return self._client
 
