@@ -80,6 +80,8 @@ class ResourceConfig(StrictModel):
 class EvaluateConfig(StrictModel):
     model: str = Field("default", description="'default' (embedded SmolLM2), a checkpoint directory, or a hub id")
     datasets: list[str | DatasetRef] = Field(default_factory=lambda: ["gsm8k"])
+    data_dir: str | None = Field(None, description="where registry datasets are; None: $MATHRAY_DATA_DIR, the copy "
+                                 "shipped with a Ray job, ../shared/data, $MATHRAY_HOME/data (lib.data.data_dir_candidates)")
     limit: int | None = Field(None, ge=1, description="questions per dataset (first N)")
     samples_per_question: int = Field(16, ge=1, le=65536)
     greedy: bool = True
@@ -109,14 +111,14 @@ class EvaluateConfig(StrictModel):
         return check_names(refs)
 
 
-def load_refs(refs: list[str | DatasetRef], limit: int | None, split: str, key: str) -> list:
+def load_refs(refs: list[str | DatasetRef], limit: int | None, split: str, key: str, data_dir: str | None = None) -> list:
     """Questions of registry names (``split``) and refs, first ``limit`` of each; ids must be unique."""
     questions = []
     for ref in refs:
         if isinstance(ref, str):
-            questions += load_dataset(ref, split=split, limit=limit)
+            questions += load_dataset(ref, split=split, limit=limit, data_dir=data_dir)
         elif ref.name:
-            questions += load_dataset(ref.name, split=ref.split, limit=limit)
+            questions += load_dataset(ref.name, split=ref.split, limit=limit, data_dir=data_dir)
         else:
             questions += load_dataset(ref.path, columns=ref.columns, answer_format=ref.answer_format, limit=limit)
     ids = [q.id for q in questions]
@@ -134,7 +136,7 @@ def check_names(refs: list) -> list:
 
 
 def load_questions(config: EvaluateConfig) -> list:
-    questions = load_refs(config.datasets, config.limit, "test", "datasets")
+    questions = load_refs(config.datasets, config.limit, "test", "datasets", config.data_dir)
     return questions
 
 

@@ -19,6 +19,8 @@ import gzip
 import json
 import os
 import re
+import shutil
+import sys
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,9 +28,10 @@ from typing import Any
 
 from lib.extraction import last_boxed
 
-SHARED_DATA_DIR: Path = Path(
-    os.environ.get("MATHRAY_DATA_DIR") or Path(__file__).resolve().parent.parent.parent / "shared" / "data"
-)
+DATA_DIR_ENV = "MATHRAY_DATA_DIR"
+CHECKOUT_DATA_DIR = Path(__file__).resolve().parent.parent.parent / "shared" / "data"  # ../shared/data
+SHIPPED_DATA_NAME = "data"  # cluster/runtime_env.yaml ships ../shared/data as py_modules: <ray pkg dir>/data
+SHARED_DATA_DIR: Path = Path(os.environ.get(DATA_DIR_ENV) or CHECKOUT_DATA_DIR)
 
 COLUMN_KEYS = ("id", "question", "answer", "level", "type")
 FILE_SUFFIXES = (".jsonl", ".jsonl.gz", ".parquet")
@@ -137,6 +140,64 @@ DATASETS: dict[str, DatasetSpec] = {
     "sat_math": _qwen("sat_math", question=("question",), answer="Answer", options="options"),
     "hungarian_exam": _qwen("hungarian_exam", question=("problem",), answer=None),
 }
+
+
+def data_dir_candidates(data_dir: str | Path | None = None) -> list[tuple[str, Path]]:
+    """Where registry files are looked for, in this order, as ``(where, directory)``.
+
+    An explicit ``data_dir`` (a job config's ``data_dir`` key) is the only place looked at. Otherwise:
+    ``$MATHRAY_DATA_DIR``; the copy shipped with a Ray job (``cluster/runtime_env.yaml`` uploads
+    ``../shared/data`` as a ``py_modules`` entry, which lands on the job's ``sys.path``); ``../shared/data``
+    beside this checkout; ``$MATHRAY_HOME/data`` (where ``python -m lib.data stage`` copies to by default).
+    """
+    if data_dir is not None and str(data_dir):
+        return [("data_dir", Path(data_dir).expanduser())]
+    from lib.models import mathray_home
+
+    out = []
+    if os.environ.get(DATA_DIR_ENV):
+        out.append((f"${DATA_DIR_ENV}", Path(os.environ[DATA_DIR_ENV]).expanduser()))
+    for entry in sys.path:
+        if "py_modules_files" in entry and (Path(entry) / SHIPPED_DATA_NAME).is_dir():
+            out.append(("shipped with the Ray job (runtime_env py_modules)", Path(entry) / SHIPPED_DATA_NAME))
+    out.append(("../shared/data beside the checkout", CHECKOUT_DATA_DIR))
+    out.append(("$MATHRAY_HOME/data", mathray_home() / "data"))
+    return out
+
+
+def resolve_data_file(relative: str, data_dir: str | Path | None = None) -> Path:
+    """The first of :func:`data_dir_candidates` that holds ``relative`` (e.g. ``gsm8k/test.jsonl``);
+    DataError naming every place looked at when none does."""
+    candidates = data_dir_candidates(data_dir)
+    for _, directory in candidates:
+        if (directory / relative).is_file():
+            return directory / relative
+    looked = "\n".join(f"  {i}. {directory / relative}  ({where})" for i, (where, directory) in enumerate(candidates, 1))
+    raise DataError(f"file not found: {relative}; looked in:\n{looked}\n"
+                    f"Set data_dir= or ${DATA_DIR_ENV} to a copy of ../shared/data, or copy it to shared storage "
+                    "with `python -m lib.data stage DEST`.")
+
+
+def stage_data(destination: str | Path, source: str | Path | None = None) -> tuple[Path, int]:
+    """Copy every registry file (``source`` default: the first candidate holding ``gsm8k/test.jsonl``) to
+    ``destination`` with the same layout, e.g. shared storage every node mounts; returns (destination, files).
+    Files already there with the same size are kept, so a rerun copies only what is missing."""
+    src = Path(source) if source is not None else resolve_data_file(DATASETS["gsm8k"].files["test"]).parent.parent
+    dest = Path(destination).expanduser()
+    copied = 0
+    for spec in DATASETS.values():
+        for relative in spec.files.values():
+            target, origin = dest / relative, src / relative
+            if not origin.is_file():
+                raise DataError(f"stage: {origin} does not exist (source {src} lacks {relative})")
+            if target.is_file() and target.stat().st_size == origin.stat().st_size:
+                continue
+            target.parent.mkdir(parents=True, exist_ok=True)
+            tmp = target.with_name(f".{target.name}.tmp")
+            shutil.copyfile(origin, tmp)
+            tmp.rename(target)
+            copied += 1
+    return dest, copied
 
 
 def dataset_names() -> list[str]:
@@ -335,7 +396,7 @@ def load_dataset(
             raise DataError(
                 f"dataset {name_or_path!r} has no split {split!r} (available: {', '.join(sorted(spec.files))})"
             )
-        path = Path(data_dir if data_dir is not None else SHARED_DATA_DIR) / spec.files[split]
+        path = resolve_data_file(spec.files[split], data_dir)
         rows = _read_rows(path, [], limit)
         return _build(path, rows, name_or_path, spec, index_prefix=f"{name_or_path}/{split}")
     if not any(char in name_or_path for char in (".", "/", os.sep)):  # registry names are bare words
@@ -346,3 +407,33 @@ def load_dataset(
         answer_format=answer_format,
         limit=limit,
     )
+
+
+def main(argv: list[str] | None = None) -> None:
+    """``python -m lib.data stage DEST``: copy the registry datasets to DEST (default ``$MATHRAY_HOME/data``)."""
+    import argparse
+
+    from lib.models import mathray_home
+
+    parser = argparse.ArgumentParser(description=main.__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+    stage = sub.add_parser("stage", help="copy every registry file to DEST (e.g. shared storage all nodes mount)")
+    stage.add_argument("dest", nargs="?", default=None, help="default: $MATHRAY_HOME/data")
+    stage.add_argument("--source", default=None, help="default: the first place data is found (see data_dir_candidates)")
+    sub.add_parser("where", help="print the places data is looked for, in order")
+    args = parser.parse_args(argv)
+    try:
+        if args.command == "where":
+            for i, (where, directory) in enumerate(data_dir_candidates(), 1):
+                found = "found" if (directory / DATASETS["gsm8k"].files["test"]).is_file() else "missing"
+                print(f"{i}. {directory}  ({where}; gsm8k/test.jsonl {found})")
+            return
+        dest, copied = stage_data(args.dest or mathray_home() / "data", args.source)
+    except DataError as exc:
+        raise SystemExit(f"error: {exc}") from None
+    files = sum(len(spec.files) for spec in DATASETS.values())
+    print(f"staged {files} files in {dest} ({copied} copied); jobs find them with {DATA_DIR_ENV}={dest} or data_dir={dest}")
+
+
+if __name__ == "__main__":
+    main()

@@ -7,7 +7,7 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
-from lib.data import DATASETS, SHARED_DATA_DIR, DataError, _read_rows
+from lib.data import DATASETS, DataError, _read_rows, resolve_data_file
 
 _CALCULATOR = re.compile(r"<<[^>]*>>")
 
@@ -26,7 +26,7 @@ def load_pairs(source: str, split: str = "train", columns: dict[str, str] | None
     directory (its ``data/*.parquet``), or a JSONL/Parquet file (``columns`` maps question/solution/id)."""
     if source in ("gsm8k", "math"):
         spec = DATASETS[source]
-        path = Path(SHARED_DATA_DIR) / spec.files[split]
+        path = resolve_data_file(spec.files[split])
         rows = _read_rows(path, [], limit)
         out = []
         for i, (where, row) in enumerate(rows):

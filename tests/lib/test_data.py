@@ -197,7 +197,7 @@ def test_missing_split_names_available_splits():
 
 def test_missing_files_are_named(tmp_path):
     """A missing registry file (wrong data_dir) or user file is an error naming the path."""
-    with pytest.raises(DataError, match=f"file not found: {tmp_path / 'gsm8k' / 'test.jsonl'}"):
+    with pytest.raises(DataError, match=f"file not found: gsm8k/test.jsonl; looked in:\n  1. {tmp_path / 'gsm8k' / 'test.jsonl'}"):
         load_dataset("gsm8k", data_dir=tmp_path)
     with pytest.raises(DataError, match="file not found: .*nope.jsonl"):
         load_dataset(str(tmp_path / "nope.jsonl"))
