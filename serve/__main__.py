@@ -19,6 +19,22 @@ from lib.progress import setup_logging
 log = logging.getLogger("mathray.serve")
 
 
+def example_command(app_args, base: str) -> str:
+    """A curl call of the endpoint that names where the key is and never contains a key: the env var's
+    first comma-separated key (expanded by the shell, so double quotes), or the key file's first key."""
+    env_set = bool(app_args.api_keys_env and os.environ.get(app_args.api_keys_env))
+    if env_set or (app_args.api_keys_env and not app_args.api_keys_file):
+        auth = f'-H "Authorization: Bearer ${{{app_args.api_keys_env}%%,*}}" '
+    elif app_args.api_keys_file:
+        auth = f'-H "Authorization: Bearer $(grep -v \'^#\' {app_args.api_keys_file} | head -1)" '
+    else:
+        auth = ""
+    body = (f'{{"model": "{app_args.served_name}", "messages": [{{"role": "user", "content": '
+            f'"What is 12*7? Put the answer in \\\\boxed{{}}."}}], "max_tokens": 128, '
+            f'"mathray": {{"selection": "majority", "n": 8}}}}')
+    return f"  curl -s {base}/v1/chat/completions {auth}-H 'Content-Type: application/json' \\\n    -d '{body}'"
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--config", default="serve/configs/serve_default_cpu.yaml")
@@ -43,18 +59,9 @@ def main() -> None:
     serve.start(http_options={"host": host, "port": port})
     start = time.monotonic()
     serve.run(build_app(app_config.args or {}), name=app_config.name, route_prefix=app_config.route_prefix or "/")
-    keys = sorted(app_args.api_keys())
-    key = keys[0] if keys else "none"
-    if app_args.api_keys_env and os.environ.get(app_args.api_keys_env):
-        shown = f"${app_args.api_keys_env}"
-    else:
-        shown = key
     base = f"http://{host}:{port}"
     print(f"\nmathray is serving {app_args.served_name!r} on {base} (ready after {time.monotonic() - start:.0f} s). Try:\n\n"
-          f"  curl -s {base}/v1/chat/completions -H 'Authorization: Bearer {shown}' -H 'Content-Type: application/json' \\\n"
-          f"    -d '{{\"model\": \"{app_args.served_name}\", \"messages\": [{{\"role\": \"user\", \"content\": "
-          f"\"What is 12*7? Put the answer in \\\\boxed{{}}.\"}}], \"max_tokens\": 128, "
-          f"\"mathray\": {{\"selection\": \"majority\", \"n\": 8}}}}'\n\n"
+          f"{example_command(app_args, base)}\n\n"
           f"  or the OpenAI client: openai.OpenAI(base_url=\"{base}/v1\", api_key=...)\n"
           f"Ctrl-C stops it.", flush=True)
     stop = {"now": False}

@@ -18,6 +18,7 @@ Deploy: serve deploy serve/configs/serve_default_cpu.yaml    (to a running clust
 from __future__ import annotations
 
 import asyncio
+import hmac
 import json
 import logging
 import time
@@ -55,6 +56,10 @@ def error(status: int, message: str, type_: str = "invalid_request_error", param
     return JSONResponse(error_body(message, type_, param), status_code=status)
 
 
+def UNAUTHORIZED() -> JSONResponse:  # noqa: N802 - a fixed response
+    return error(401, "missing or invalid API key (Authorization: Bearer <key>)", "authentication_error")
+
+
 @app.middleware("http")
 async def log_requests(request: Request, call_next):
     start = time.perf_counter()
@@ -81,6 +86,19 @@ async def unhandled(request: Request, exc: Exception) -> JSONResponse:
     return error(500, "internal error; see the server log", "server_error")
 
 
+def authorized(header: str, keys: set[str]) -> bool:
+    """True when no keys are configured, or ``header`` is ``Bearer <key>`` for a configured key. Every key
+    is compared in constant time (``hmac.compare_digest``), all of them, so timing tells nothing."""
+    if not keys:
+        return True
+    scheme, _, token = header.partition(" ")
+    token = token.strip()
+    if scheme.lower() != "bearer" or not token:
+        return False
+    matches = [hmac.compare_digest(token.encode(), key.encode()) for key in keys]
+    return any(matches)
+
+
 def question_of(body: ChatRequest | CompletionRequest) -> str:
     if isinstance(body, ChatRequest):
         return next((m.content for m in reversed(body.messages) if m.role == "user"), body.messages[-1].content)
@@ -103,10 +121,8 @@ class Ingress:
 
     async def parse(self, request: Request, model_cls):
         """(body, None) or (None, error response): auth, body size, JSON, schema, model name, caps."""
-        if self.keys:
-            auth = request.headers.get("authorization", "")
-            if not auth.startswith("Bearer ") or auth[7:].strip() not in self.keys:
-                return None, error(401, "missing or invalid API key (Authorization: Bearer <key>)", "authentication_error")
+        if not authorized(request.headers.get("authorization", ""), self.keys):
+            return None, UNAUTHORIZED()
         declared = request.headers.get("content-length")
         if declared and declared.isdigit() and int(declared) > self.limits.max_body_bytes:
             return None, error(413, f"request body over {self.limits.max_body_bytes} bytes")
@@ -166,8 +182,8 @@ class Ingress:
 
     @app.get("/v1/models")
     async def models(self, request: Request):
-        if self.keys and request.headers.get("authorization", "")[7:].strip() not in self.keys:
-            return error(401, "missing or invalid API key (Authorization: Bearer <key>)", "authentication_error")
+        if not authorized(request.headers.get("authorization", ""), self.keys):
+            return UNAUTHORIZED()
         return {"object": "list", "data": [{"id": self.args.served_name, "object": "model", "created": 0,
                                             "owned_by": "mathray"}]}
 
