@@ -21,9 +21,11 @@ what went wrong after the last attempt. Bad configuration (no API key, unreachab
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import inspect
 import json
+import logging
 import os
 import random
 import sqlite3
@@ -38,7 +40,10 @@ from pydantic import Field, SecretStr
 
 from lib.config import StrictModel
 
+log = logging.getLogger("mathray.teacher")
+
 BUDGET_EXHAUSTED = "budget_exhausted"
+CACHE_UNWRITABLE = "cache_unwritable"
 RETRYABLE_STATUS = {408, 409, 429}
 
 
@@ -189,15 +194,24 @@ class Governor:
 
 
 class RequestCache:
-    """Successful responses by request key, in one SQLite file (WAL mode: many processes may read and
-    write it at once on a local or POSIX-locking shared filesystem). Failures are not cached."""
+    """Successful responses by request key, in one SQLite file. Failures are not cached.
+
+    Journal mode DELETE (SQLite's rollback journal), not WAL: WAL needs a shared-memory file that every
+    process maps, which NFS/EFS (where a cluster's ``output_dir`` usually lives) cannot provide, so a WAL
+    cache there corrupts or fails to open. The rollback journal needs only POSIX file locks, which NFSv4
+    and EFS support; many processes may read and write the file at once (writers wait, ``busy_timeout``).
+
+    A response that was paid for but cannot be stored (disk full, read-only file) is appended to the
+    spend journal ``<path>.spend.jsonl`` (best effort), so :meth:`total_cost` still counts it.
+    """
 
     def __init__(self, path: str | Path):
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
+        self.spend_journal = self.path.with_name(self.path.name + ".spend.jsonl")
         self._local = threading.local()
         with self._db() as db:
-            db.execute("PRAGMA journal_mode=WAL")
+            db.execute("PRAGMA journal_mode=DELETE")
             db.execute("CREATE TABLE IF NOT EXISTS responses (key TEXT PRIMARY KEY, stage TEXT, record TEXT, "
                        "cost REAL, created REAL)")
 
@@ -219,8 +233,22 @@ class RequestCache:
     def keys(self) -> set[str]:
         return {k for (k,) in self._db().execute("SELECT key FROM responses")}
 
+    def record_unstored(self, key: str, cost: float) -> None:
+        """Append a paid response that :meth:`put` could not store to the spend journal (fsync'd)."""
+        with open(self.spend_journal, "a") as handle:
+            handle.write(json.dumps({"key": key, "cost": cost, "time": time.time()}) + "\n")
+            handle.flush()
+            os.fsync(handle.fileno())
+
     def total_cost(self) -> float:
-        return float(self._db().execute("SELECT COALESCE(SUM(cost), 0) FROM responses").fetchone()[0])
+        """Dollars paid for every stored response, plus those in the spend journal (paid, not stored)."""
+        stored = float(self._db().execute("SELECT COALESCE(SUM(cost), 0) FROM responses").fetchone()[0])
+        unstored = 0.0
+        if self.spend_journal.exists():
+            for line in self.spend_journal.read_text().splitlines():
+                with contextlib.suppress(ValueError, KeyError, TypeError):
+                    unstored += float(json.loads(line)["cost"])
+        return stored + unstored
 
     def __len__(self) -> int:
         return int(self._db().execute("SELECT COUNT(*) FROM responses").fetchone()[0])
@@ -291,6 +319,7 @@ class TeacherClient:
         self._client = None
         self._semaphore: asyncio.Semaphore | None = None
         self.sent = 0  # HTTP requests sent by this client (attempts, including failures)
+        self.cache_error: str | None = None  # set when a paid response could not be cached: stop sending
 
     def _openai(self):
         if self._client is None:
@@ -330,6 +359,9 @@ class TeacherClient:
         worst_case = self.settings.pricing.cost(prompt_estimate, params["max_tokens"])
         result = Completion()
         for attempt in range(self.settings.max_attempts):
+            if self.cache_error is not None:  # spend that cannot be recorded is not made
+                result.error = f"{CACHE_UNWRITABLE}: {self.cache_error}"
+                return result
             delay = await self._call(self.governor.acquire, prompt_estimate + params["max_tokens"], worst_case)
             if delay is None:
                 result.error = BUDGET_EXHAUSTED
@@ -352,14 +384,6 @@ class TeacherClient:
                 prompt_tokens = usage.prompt_tokens if usage else prompt_estimate
                 completion_tokens = usage.completion_tokens if usage else len(text) // 4
                 cost = self.settings.pricing.cost(prompt_tokens, completion_tokens)
-                await self._call(self.governor.settle, worst_case, cost, prompt_tokens, completion_tokens)
-                result.error = None  # earlier attempts' failures stay listed in result.errors
-                result.text, result.finish_reason = text, choice.finish_reason
-                result.prompt_tokens, result.completion_tokens, result.cost = prompt_tokens, completion_tokens, cost
-                if self.cache is not None:
-                    record = {k: v for k, v in asdict(result).items() if k not in ("cached", "attempts", "errors", "error")}
-                    self.cache.put(key, stage, record)
-                return result
             except Exception as exc:  # noqa: BLE001 - every failure becomes a recorded, counted error
                 label, retryable, retry_after = _classify(exc)
                 await self._call(self.governor.release, worst_case)
@@ -367,9 +391,28 @@ class TeacherClient:
                 result.error = f"{label}: {str(exc)[:300]}"
                 if not retryable:
                     return result
+            else:  # paid: settle once, keep the response, never retry it (even if the cache write fails)
+                await self._call(self.governor.settle, worst_case, cost, prompt_tokens, completion_tokens)
+                result.error = None  # earlier attempts' failures stay listed in result.errors
+                result.text, result.finish_reason = text, choice.finish_reason
+                result.prompt_tokens, result.completion_tokens, result.cost = prompt_tokens, completion_tokens, cost
+                if self.cache is not None:
+                    self._store(key, stage, result)
+                return result
             if attempt + 1 < self.settings.max_attempts:
                 await self.sleep(retry_after if retry_after is not None else self.backoff(attempt))
         return result
+
+    def _store(self, key: str, stage: str, result: Completion) -> None:
+        record = {k: v for k, v in asdict(result).items() if k not in ("cached", "attempts", "errors", "error")}
+        try:
+            self.cache.put(key, stage, record)
+        except Exception as exc:  # noqa: BLE001 - disk full, read-only file, ...: stop paying for what is lost
+            self.cache_error = f"{type(exc).__name__}: {exc}"[:300]
+            log.error("cannot write the request cache %s (%s): this client sends no more requests", self.cache.path,
+                      self.cache_error)
+            with contextlib.suppress(OSError):
+                self.cache.record_unstored(key, result.cost)
 
     async def close(self) -> None:
         if self._client is not None:
