@@ -22,6 +22,7 @@ On a cluster:  ray job submit --working-dir . --runtime-env cluster/runtime_env.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import logging
 import math
 import time
@@ -39,6 +40,7 @@ from lib.grading import settings as grader_settings
 from lib.progress import Progress, setup_logging
 from lib.prompts import get_prompt
 from lib.report import compute_metrics, estimator_notes, plot_passk, summary_table, write_metrics_json, write_summary_md
+from lib.output_dir import disk_full, hold_output_dir, prepare_output_dir
 from lib.sample_store import GradeAndStore, SampleStore, plan_requests
 from lib.sampling import EngineConfig
 
@@ -141,15 +143,37 @@ def load_questions(config: EvaluateConfig) -> list:
 
 
 def check_resume(config: EvaluateConfig, output_dir: Path) -> None:
-    """Refuse to add samples to a directory whose samples were drawn with other sampling settings."""
+    """Refuse a directory whose samples were drawn with other sampling settings, in every stage: a grade or
+    metrics run would otherwise rewrite config.yaml with its settings and mislabel the stored samples."""
     previous = output_dir / "config.yaml"
-    if not previous.exists() or config.stage in ("grade", "metrics"):
+    if not previous.exists():
         return
     old = yaml.safe_load(previous.read_text()) or {}
     changed = [k for k in SAMPLING_KEYS if k in old and old[k] != getattr(config, k)]
     if changed:
         details = ", ".join(f"{k}: {old[k]!r} -> {getattr(config, k)!r}" for k in changed)
         raise ConfigError(f"{output_dir} holds samples drawn with other settings ({details}); use a new output_dir")
+
+
+def check_model(model: str) -> None:
+    """``model`` names something loadable, before any work (a missing path used to fail after a 20 s
+    tokenizer load, leaving an empty output_dir)."""
+    from lib.models import DEFAULT_MODEL, TINY_MODEL
+
+    if model in (DEFAULT_MODEL, TINY_MODEL):
+        return
+    path = Path(model).expanduser()
+    if path.exists():
+        if not (path / "config.json").is_file():
+            raise ConfigError(f"model: {path} has no config.json: not a Hugging Face checkpoint directory")
+        return
+    if model.startswith((".", "/", "~")) or model.count("/") > 1:
+        raise ConfigError(f"model: {model} does not exist (not a checkpoint directory, and not a hub id)")
+    from huggingface_hub import constants, try_to_load_from_cache
+
+    if constants.HF_HUB_OFFLINE and not isinstance(try_to_load_from_cache(model, "config.json"), str):
+        raise ConfigError(f"model: {model!r} is not a checkpoint directory, and as a hub id it is not in the local "
+                          "Hugging Face cache (HF_HUB_OFFLINE is set)")
 
 
 def provenance(config: EvaluateConfig) -> dict:
@@ -245,16 +269,16 @@ def run_sampling(config: EvaluateConfig, questions: list, output_dir: Path) -> N
 def run_grading(config: EvaluateConfig, questions: list, output_dir: Path) -> None:
     """Re-grade every stored sample with the current grader and gold answers (no sampling).
 
-    The re-graded copy is built in ``output_dir/.regrade`` and swapped in per kind when complete,
-    so a killed re-grade leaves the old grades in place (and is simply started again).
+    The re-graded copy is built in ``output_dir/.regrade`` and swapped in per kind when complete
+    (``SampleStore.swap_in``): a re-grade killed at any step leaves all old or all new grades.
     """
     import shutil
 
     import ray
 
     store = SampleStore(output_dir)
-    staging = output_dir / ".regrade"
-    shutil.rmtree(staging, ignore_errors=True)
+    store.clean()  # finishes or undoes a swap a killed re-grade left, removes a partial copy
+    staging = store.staging()
     golds = {q.id: q.answer for q in questions}
     init_ray()
     for kind in ("samples", "greedy"):
@@ -273,16 +297,14 @@ def run_grading(config: EvaluateConfig, questions: list, output_dir: Path) -> No
         for batch in ds.iter_batches(batch_size=None, batch_format="pandas", prefetch_batches=0):
             progress.update(int(batch["num_samples"].sum()))
         progress.finish()
-        old = output_dir / f".old-{kind}"
-        store.directory(kind).rename(old)
-        (staging / kind).rename(store.directory(kind))
-        shutil.rmtree(old)
+        store.swap_in(kind)
     shutil.rmtree(staging, ignore_errors=True)
 
 
 def run_metrics(config: EvaluateConfig, questions: list, output_dir: Path) -> tuple[dict, str]:
     """Compute and write metrics.json, summary.md and passk.png; returns the metrics and a table."""
     store = SampleStore(output_dir)
+    store.clean()
     columns = ["question_id", "sample_idx", "status", "canonical"]
     metrics = compute_metrics(questions, store.read("samples", columns), store.read("greedy", columns), config.samples_per_question, seed=config.seed)
     errors = sum(m["status_counts"]["error"] for name, m in metrics.items() if "/" not in name)
@@ -303,24 +325,35 @@ def main(argv: list[str] | None = None) -> dict | None:
     parser.add_argument("overrides", nargs="*", help="dotted key=value overrides, e.g. limit=2 engine.max_num_seqs=64")
     args = parser.parse_args(argv)
     setup_logging()
-    try:
-        config = load_config(EvaluateConfig, args.config, args.overrides)
-        questions = load_questions(config)
-        output_dir = Path(config.output_dir)
-        check_resume(config, output_dir)
-    except (ConfigError, DataError, ValueError) as exc:
-        parser.exit(2, f"error: {exc}\n")
-    output_dir.mkdir(parents=True, exist_ok=True)
-    dump_config(config, output_dir / "config.yaml", provenance(config))
-    start = time.monotonic()
-    if config.stage in ("all", "sample"):
-        run_sampling(config, questions, output_dir)
-    if config.stage == "grade":
-        run_grading(config, questions, output_dir)
-    metrics, table = run_metrics(config, questions, output_dir) if config.stage != "sample" else (None, "")
-    log.info("done in %.0f s", time.monotonic() - start)
-    return metrics, table
+    with contextlib.ExitStack() as stack:
+        try:
+            config = load_config(EvaluateConfig, args.config, args.overrides)
+            questions = load_questions(config)
+            output_dir = Path(config.output_dir)
+            check_model(config.model)
+            check_resume(config, output_dir)
+            SampleStore(output_dir).check_questions(questions)
+            prepare_output_dir(output_dir)
+            stack.enter_context(hold_output_dir(output_dir, "evaluate"))  # one run per output_dir
+        except (ConfigError, DataError, ValueError) as exc:
+            parser.exit(2, f"error: {exc}\n")
+        SampleStore(output_dir).record_questions(questions)
+        dump_config(config, output_dir / "config.yaml", provenance(config))
+        start = time.monotonic()
+        if config.stage in ("all", "sample"):
+            run_sampling(config, questions, output_dir)
+        if config.stage == "grade":
+            run_grading(config, questions, output_dir)
+        metrics, table = run_metrics(config, questions, output_dir) if config.stage != "sample" else (None, "")
+        log.info("done in %.0f s", time.monotonic() - start)
+        return metrics, table
 
 
 if __name__ == "__main__":
-    print(main()[1])
+    try:
+        print(main()[1])
+    except Exception as exc:
+        if disk_full(exc):  # not a 140-line Ray traceback with Errno 28 buried inside
+            raise SystemExit("error: no space left on the device holding output_dir (or Ray's temp dir); "
+                             "free space and rerun: finished samples are kept") from None
+        raise

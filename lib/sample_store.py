@@ -5,28 +5,42 @@ Layout of an evaluation output directory::
     samples/part-*.parquet   one row per (question_id, sample_idx), temperature sampling
     greedy/part-*.parquet    one row per question, temperature 0 (sample_idx 0)
 
-Each part is written to a temporary name and renamed when complete, so a killed run leaves only
-whole parts (and stray ``*.tmp`` files, removed on the next start). Resume is bookkeeping: which
-(question_id, sample_idx) pairs exist, never a replay of the sampler.
+Each part is written to a temporary name, fsync'd and renamed when complete (the directory fsync'd
+too), so a killed run leaves only whole parts (and stray ``*.tmp`` files). Resume is bookkeeping: which
+(question_id, sample_idx) pairs exist, never a replay of the sampler. :meth:`SampleStore.clean`, run
+when a job starts, repairs what a kill or a crash can leave: ``*.tmp`` files are removed, a part that is
+not readable Parquet (empty, truncated) is moved to ``.corrupt/`` (its samples are then sampled again),
+and a re-grade's interrupted swap is finished or undone (see :meth:`SampleStore.swap_in`).
+
+Rows with ``finish_reason="error"`` (the engine produced no sample) are kept for the record but do not
+count as done: the next run samples them again, and the new row replaces the error row on read.
+``questions.json`` holds each question's content hash (text + gold), so a resume refuses questions
+that changed under the same id.
 """
 
 from __future__ import annotations
 
+import json
 import logging
 import os
+import shutil
 import uuid
 from collections import defaultdict
 from pathlib import Path
 from typing import Any
 
 import pyarrow as pa
+import pyarrow.compute  # noqa: F401 - pa.compute
 import pyarrow.parquet as pq
 
+from lib.config import ConfigError
 from lib.grading import Grader
 
 log = logging.getLogger(__name__)
 
 KINDS = ("samples", "greedy")
+QUESTIONS_FILE = "questions.json"
+ENGINE_ERROR = "error"  # finish_reason of a row for which the engine produced no sample
 SCHEMA = pa.schema(
     [
         ("question_id", pa.string()),
@@ -59,53 +73,155 @@ class SampleStore:
     def parts(self, kind: str) -> list[Path]:
         return sorted(self.directory(kind).glob("part-*.parquet"))
 
+    def staging(self) -> Path:
+        """Where a re-grade builds its copy (``staging()/<kind>``) before :meth:`swap_in`."""
+        return self.root / ".regrade"
+
+    def mark_complete(self, kind: str) -> None:
+        """Record that the re-graded copy of ``kind`` in :meth:`staging` is whole (the swap may roll forward)."""
+        marker = self.staging() / f"{kind}.complete"
+        tmp = marker.with_suffix(".tmp")
+        tmp.write_text("complete\n")
+        _fsync(tmp)
+        os.replace(tmp, marker)
+        _fsync(self.staging())
+
+    def swap_in(self, kind: str) -> None:
+        """Replace ``kind`` by its complete re-graded copy in :meth:`staging`. A kill at any step leaves a
+        state that :meth:`clean` turns into all-old or all-new grades: before the completion marker, the old
+        grades stay; after it, the copy is moved in (``.old-<kind>`` holds the old grades meanwhile)."""
+        staged, live, old = self.staging() / kind, self.directory(kind), self.root / f".old-{kind}"
+        self.mark_complete(kind)
+        if old.exists():  # a stale copy from a swap killed after its last rename
+            shutil.rmtree(old)
+        if live.exists():
+            os.replace(live, old)
+        os.replace(staged, live)
+        _fsync(self.root)
+        if old.exists():
+            shutil.rmtree(old)
+        (self.staging() / f"{kind}.complete").unlink()
+
+    def _recover_swap(self) -> None:
+        for kind in KINDS:
+            staged, live, old = self.staging() / kind, self.directory(kind), self.root / f".old-{kind}"
+            if not old.exists():
+                continue
+            if not live.exists():
+                complete = staged.exists() and (self.staging() / f"{kind}.complete").exists()
+                log.warning("finishing a re-grade of %s killed mid-swap: %s", kind, "new grades" if complete else "old grades kept")
+                os.replace(staged if complete else old, live)
+                _fsync(self.root)
+            if old.exists():
+                shutil.rmtree(old)
+        if self.staging().exists():
+            shutil.rmtree(self.staging())
+
     def clean(self) -> int:
-        """Remove temporary files a killed run left behind; returns how many."""
+        """Repair what a killed or crashed run left (see the module docstring); returns how many files were
+        removed or set aside."""
+        self._recover_swap()
         removed = 0
         for kind in KINDS:
             for tmp in self.directory(kind).glob("*.tmp"):
                 tmp.unlink(missing_ok=True)
                 removed += 1
+            for part in self.parts(kind):
+                try:
+                    pq.read_metadata(part)
+                except Exception as exc:  # noqa: BLE001 - pyarrow raises several types for a damaged file
+                    corrupt = self.root / ".corrupt"
+                    corrupt.mkdir(exist_ok=True)
+                    log.warning("%s is not readable Parquet (%s): moved to %s; its samples will be sampled again",
+                                part, exc, corrupt)
+                    os.replace(part, corrupt / f"{kind}-{part.name}")
+                    removed += 1
         return removed
 
     def write(self, kind: str, table: pa.Table) -> Path:
-        """Write one part atomically (temporary name, then rename)."""
+        """Write one part atomically and durably (temporary name, fsync, rename, fsync the directory)."""
         directory = self.directory(kind)
         directory.mkdir(parents=True, exist_ok=True)
         final = directory / f"part-{uuid.uuid4().hex}.parquet"
         tmp = final.with_suffix(".tmp")
         pq.write_table(table.cast(SCHEMA), tmp)
+        _fsync(tmp)
         os.replace(tmp, final)
+        _fsync(directory)
         return final
 
     def read(self, kind: str, columns: list[str] | None = None) -> pa.Table:
-        """All rows of ``kind`` (empty table if none), one row per (question_id, sample_idx)."""
+        """All rows of ``kind`` (empty table if none), one row per (question_id, sample_idx); where a pair
+        has an engine-error row and a real sample, the sample."""
         parts = self.parts(kind)
-        schema = SCHEMA if columns is None else pa.schema([SCHEMA.field(c) for c in columns])
+        wanted = list(columns) if columns is not None else SCHEMA.names
         if not parts:
-            return schema.empty_table()
-        table = pa.concat_tables(pq.read_table(p, columns=columns, schema=SCHEMA if columns is None else None) for p in parts)
-        return _drop_duplicates(table)
+            return pa.schema([SCHEMA.field(c) for c in wanted]).empty_table()
+        needed = list(dict.fromkeys([*wanted, "question_id", "sample_idx", "finish_reason"]))
+        schema = pa.schema([SCHEMA.field(c) for c in needed])
+        table = pa.concat_tables(pq.read_table(p, columns=needed).select(needed).cast(schema) for p in parts)
+        return _drop_duplicates(table).select(wanted)
 
     def existing(self, kind: str) -> dict[str, set[int]]:
-        """question_id -> the sample indices already stored."""
-        table = self.read(kind, columns=["question_id", "sample_idx"])
+        """question_id -> the sample indices already stored (engine-error rows are not done)."""
+        table = self.read(kind, columns=["question_id", "sample_idx", "finish_reason"])
         done: dict[str, set[int]] = defaultdict(set)
-        for qid, idx in zip(table.column("question_id").to_pylist(), table.column("sample_idx").to_pylist()):
-            done[qid].add(idx)
+        for qid, idx, finish in zip(table.column("question_id").to_pylist(), table.column("sample_idx").to_pylist(),
+                                    table.column("finish_reason").to_pylist()):
+            if finish != ENGINE_ERROR:
+                done[qid].add(idx)
         return done
+
+    def check_questions(self, questions: list[Any]) -> None:
+        """Refuse questions whose text or gold changed since this directory's samples were stored."""
+        path = self.root / QUESTIONS_FILE
+        if not path.exists():
+            return
+        stored = json.loads(path.read_text())
+        changed = [q for q in questions if q.id in stored and stored[q.id] != q.content_hash()]
+        if changed:
+            raise ConfigError(
+                f"{len(changed)} questions changed since their samples were stored in {self.root} "
+                f"(e.g. {[q.id for q in changed[:3]]} from {changed[0].source or changed[0].dataset}): the question "
+                "text or gold answer differs (an id of a user file is its row index), so stored samples would be "
+                "graded against other questions; use a new output_dir")
+
+    def record_questions(self, questions: list[Any]) -> None:
+        """Add the questions' content hashes to ``questions.json`` (atomically)."""
+        path = self.root / QUESTIONS_FILE
+        stored = json.loads(path.read_text()) if path.exists() else {}
+        stored.update({q.id: q.content_hash() for q in questions})
+        self.root.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(".tmp")
+        tmp.write_text(json.dumps(stored, indent=0, sort_keys=True))
+        _fsync(tmp)
+        os.replace(tmp, path)
+
+
+def _fsync(path: Path) -> None:
+    """fsync a file or a directory (so a rename survives a crash)."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
 
 
 def _drop_duplicates(table: pa.Table) -> pa.Table:
-    """Keep the first row of each (question_id, sample_idx); parts never overlap unless copied by hand."""
+    """One row per (question_id, sample_idx): the first real sample, else the first engine-error row
+    (parts overlap only when an engine error was sampled again, or when copied by hand)."""
     if table.num_rows == 0:
         return table
-    keyed = table.append_column("_row", pa.array(range(table.num_rows), pa.int64()))
-    first = keyed.group_by(["question_id", "sample_idx"], use_threads=False).aggregate([("_row", "min")])
-    if first.num_rows == table.num_rows:
+    n = table.num_rows
+    is_error = pa.compute.equal(table.column("finish_reason"), ENGINE_ERROR).fill_null(False).to_pylist()
+    order = pa.array([int(err) * n + i for i, err in enumerate(is_error)], pa.int64())
+    first = table.append_column("_order", order).group_by(["question_id", "sample_idx"], use_threads=False).aggregate(
+        [("_order", "min")])
+    if first.num_rows == n:
         return table
-    log.warning("dropping %d duplicate sample rows", table.num_rows - first.num_rows)
-    return table.take(first.column("_row_min").to_pylist())
+    if first.num_rows < n - sum(is_error):
+        log.warning("dropping duplicate sample rows")
+    return table.take(sorted(o % n for o in first.column("_order_min").to_pylist()))
 
 
 def plan_requests(
