@@ -42,6 +42,7 @@ from lib import __version__
 from lib.config import ConfigError, StrictModel, dump_config, git_commit, job_config, package_versions
 from lib.data import DataError
 from lib.openai_server import LocalOpenAIServer, LocalServerConfig
+from lib.output_dir import disk_full, hold_output_dir, prepare_output_dir
 from lib.progress import Progress
 from lib.synthesis import QUESTION_PROMPTS, SOLUTION_PROMPT, VERIFY_PROMPT
 from lib.synthesis_output import (
@@ -256,10 +257,10 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         seeds = load_seeds(config)
     except DataError as exc:
         raise ConfigError(f"seeds: {exc}") from None
-    output_dir = Path(config.output_dir)
-    output_dir.mkdir(parents=True, exist_ok=True)
+    output_dir = prepare_output_dir(config.output_dir)
     start = time.monotonic()
     with contextlib.ExitStack() as stack:
+        stack.enter_context(hold_output_dir(output_dir, "synthesize"))  # one run per output_dir
         if config.local_server is not None:
             server = stack.enter_context(LocalOpenAIServer(config.local_server, log_path=output_dir / "teacher_server.log"))
             teacher = config.teacher.model_copy(update={"base_url": server.base_url, "model": config.local_server.served_name})
@@ -299,3 +300,8 @@ if __name__ == "__main__":
         print(summary_lines(main()))
     except (ConfigError, TeacherError) as exc:
         raise SystemExit(f"error: {exc}") from None
+    except Exception as exc:
+        if disk_full(exc):
+            raise SystemExit("error: no space left on the device holding output_dir (or Ray's temp dir); free space "
+                             "and rerun: every cached response is kept") from None
+        raise

@@ -43,10 +43,13 @@ import functools
 import logging
 import math
 import multiprocessing
+import queue
 import re
 import threading
+import time
 import weakref
 from collections import OrderedDict
+from collections.abc import Callable
 from dataclasses import dataclass
 from importlib.metadata import PackageNotFoundError, version
 from typing import Any
@@ -241,8 +244,16 @@ def compare_normalized(pred: str, gold: str) -> tuple[str, str | None, str | Non
     return ("correct" if equal else "incorrect"), _canonical(pred_parsed[0]), None
 
 
-def _worker_main(conn: Any) -> None:
-    """Child process loop: receive (pred, gold), send ("ok", result) or ("error", message)."""
+def _worker_main(conn: Any, memory_limit_mb: int | None = None) -> None:
+    """Child process loop: receive (pred, gold), send ("ok", result) or ("error", message).
+
+    ``memory_limit_mb`` caps the child's address space (``RLIMIT_AS``): a comparison that would grow past
+    it gets a MemoryError (an ``"error"`` verdict) or ends the child, never the machine's memory."""
+    if memory_limit_mb is not None:
+        import resource
+
+        limit = memory_limit_mb * 1024 * 1024
+        resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
     for name in ("math_verify", "latex2sympy2_extended"):
         logging.getLogger(name).setLevel(logging.CRITICAL)
     import math_verify  # noqa: F401  (pay the import before "ready")
@@ -271,10 +282,11 @@ def _stop_worker(process: Any, conn: Any) -> None:
 class Grader:
     """Owns one killable worker process + a verdict cache. Use as a context manager or call close()."""
 
-    def __init__(self, timeout: float = DEFAULT_TIMEOUT_S, cache_size: int = 1_000_000):
+    def __init__(self, timeout: float = DEFAULT_TIMEOUT_S, cache_size: int = 1_000_000, memory_limit_mb: int | None = None):
         if timeout <= 0:
             raise ValueError(f"timeout must be > 0, got {timeout}")
         self.timeout = float(timeout)
+        self.memory_limit_mb = memory_limit_mb
         self.cache_size = cache_size
         self.stats: dict[str, int] = {"comparisons": 0, "cache_hits": 0, "timeouts": 0, "restarts": 0, "errors": 0}
         self._cache: OrderedDict[tuple[str, str], tuple[str, str | None, str | None]] = OrderedDict()
@@ -376,7 +388,8 @@ class Grader:
         self._discard_worker()
         context = multiprocessing.get_context("spawn")  # never fork: the caller may be a threaded Ray worker
         parent_conn, child_conn = context.Pipe()
-        process = context.Process(target=_worker_main, args=(child_conn,), daemon=True, name="mathray-grader")
+        process = context.Process(target=_worker_main, args=(child_conn, self.memory_limit_mb), daemon=True,
+                                  name="mathray-grader")
         process.start()
         child_conn.close()
         self._process, self._conn = process, parent_conn
@@ -391,6 +404,57 @@ class Grader:
         if self._finalizer is not None:
             self._finalizer()
         self._process = self._conn = self._finalizer = None
+
+
+class GraderPool:
+    """``size`` :class:`Grader` s (one child process each) shared by concurrent callers (threads): a call takes
+    a free grader for its whole request, so a slow comparison occupies one grader, never all of them. Each
+    call has a time budget: it waits at most that long for a free grader, and comparisons it has not
+    started when the budget runs out get status ``"timeout"`` without running. A request therefore takes
+    at most ``budget_s`` plus one comparison's ``timeout``."""
+
+    def __init__(self, size: int, timeout: float = DEFAULT_TIMEOUT_S, memory_limit_mb: int | None = None):
+        if size < 1:
+            raise ValueError(f"size must be >= 1, got {size}")
+        self.graders = [Grader(timeout=timeout, memory_limit_mb=memory_limit_mb) for _ in range(size)]
+        self._free: queue.Queue[Grader] = queue.Queue()
+        for grader in self.graders:
+            self._free.put(grader)
+
+    def _run(self, budget_s: float, work: Callable[[Grader, float], Any], busy: Callable[[], Any]) -> Any:
+        deadline = time.monotonic() + budget_s
+        try:
+            grader = self._free.get(timeout=budget_s)
+        except queue.Empty:
+            return busy()
+        try:
+            return work(grader, deadline)
+        finally:
+            self._free.put(grader)
+
+    def grade_many(self, items: list[tuple[str, str, str | None]], budget_s: float) -> list[Verdict]:
+        """Verdicts for (response, gold, cache_key) triples within ``budget_s``; never raises."""
+        late = Verdict("timeout", None, "none", None, f"grading budget of {budget_s:g}s spent")
+
+        def work(grader: Grader, deadline: float) -> list[Verdict]:
+            return [grader.grade(*item) if time.monotonic() < deadline else late for item in items]
+
+        return self._run(budget_s, work, lambda: [late] * len(items))
+
+    def grade(self, response: str, gold: str, budget_s: float) -> Verdict:
+        return self.grade_many([(response, gold, None)], budget_s)[0]
+
+    def equivalence(self, budget_s: float, run: Callable[[Callable[[str, str], bool]], Any], busy: Callable[[], Any]) -> Any:
+        """``run(is_equivalent)`` with one grader; comparisons after the budget count as not equivalent."""
+
+        def work(grader: Grader, deadline: float) -> Any:
+            return run(lambda a, b: time.monotonic() < deadline and grader.is_equivalent(a, b))
+
+        return self._run(budget_s, work, busy)
+
+    def close(self) -> None:
+        for grader in self.graders:
+            grader.close()
 
 
 _default_graders: dict[float, Grader] = {}

@@ -99,6 +99,36 @@ def authorized(header: str, keys: set[str]) -> bool:
     return any(matches)
 
 
+SEED_RANGE = (-(2**63), 2**63 - 1)  # what the engine's random generators accept
+
+
+def parse_body(raw: bytes, model_cls):
+    """(request, None) or (None, a 400 response) for a body: UTF-8 JSON (no lone surrogates: they cannot be
+    tokenized), the request schema, a seed the engine accepts. Never raises on client input."""
+    try:
+        data = json.loads((raw or b"null").decode("utf-8"))
+    except UnicodeDecodeError as exc:
+        return None, error(400, f"body is not valid UTF-8 (byte {exc.start})")
+    except json.JSONDecodeError as exc:
+        return None, error(400, f"body is not valid JSON: {exc}")
+    except RecursionError:
+        return None, error(400, "body is nested too deeply")
+    try:
+        json.dumps(data, ensure_ascii=False).encode("utf-8")
+    except UnicodeEncodeError:
+        return None, error(400, "body contains a lone surrogate escape (e.g. \\ud800): not valid Unicode text")
+    try:
+        body = model_cls.model_validate(data)
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        param = ".".join(str(p) for p in first["loc"]) or None
+        return None, error(400, f"{param}: {first['msg']}" if param else first["msg"], param=param)
+    seed = getattr(body, "seed", None)
+    if seed is not None and not SEED_RANGE[0] <= seed <= SEED_RANGE[1]:
+        return None, error(400, f"seed must be a 64-bit integer ({SEED_RANGE[0]} to {SEED_RANGE[1]})", param="seed")
+    return body, None
+
+
 def question_of(body: ChatRequest | CompletionRequest) -> str:
     if isinstance(body, ChatRequest):
         return next((m.content for m in reversed(body.messages) if m.role == "user"), body.messages[-1].content)
@@ -129,14 +159,9 @@ class Ingress:
         raw = await request.body()
         if len(raw) > self.limits.max_body_bytes:
             return None, error(413, f"request body over {self.limits.max_body_bytes} bytes")
-        try:
-            body = model_cls.model_validate(json.loads(raw or b"null"))
-        except json.JSONDecodeError as exc:
-            return None, error(400, f"body is not valid JSON: {exc}")
-        except ValidationError as exc:
-            first = exc.errors()[0]
-            param = ".".join(str(p) for p in first["loc"]) or None
-            return None, error(400, f"{param}: {first['msg']}" if param else first["msg"], param=param)
+        body, err = parse_body(raw, model_cls)
+        if err is not None:
+            return None, err
         if model_cls is VerifyRequest:
             return body, None
         if body.model != self.args.served_name:
@@ -285,6 +310,7 @@ def build_app(args: dict[str, Any]) -> serve.Application:
     data = config.model_dump()
     model = ModelServer.options(**config.model_replicas.deployment_options(),
                                 graceful_shutdown_timeout_s=config.graceful_shutdown_timeout_s).bind(data)
-    verifier = Verifier.options(**config.verifier_replicas.deployment_options()).bind(config.grading_timeout_s)
+    verifier = Verifier.options(**config.verifier_replicas.deployment_options()).bind(
+        config.grading_timeout_s, config.grader_pool_size, config.grading_budget_s, config.grader_memory_mb)
     return Ingress.options(**config.ingress_replicas.deployment_options(),
                            graceful_shutdown_timeout_s=config.graceful_shutdown_timeout_s).bind(model, verifier, data)

@@ -55,7 +55,10 @@ class ServeArgs(StrictModel):
     api_keys_file: str | None = Field(None, description="file with one key per line")
     allow_no_auth: bool = Field(False, description="serve without keys (only when none are configured)")
     limits: Limits = Field(default_factory=Limits)
-    grading_timeout_s: float = Field(5.0, gt=0)
+    grading_timeout_s: float = Field(5.0, gt=0, description="one answer comparison")
+    grader_pool_size: int = Field(4, ge=1, description="grader processes per verifier replica")
+    grading_budget_s: float = Field(30.0, gt=0, description="one verifier request in all, waiting for a grader included")
+    grader_memory_mb: int | None = Field(1024, ge=64, description="address-space cap of each grader process")
     model_replicas: Replicas = Field(default_factory=Replicas)
     verifier_replicas: Replicas = Field(default_factory=lambda: Replicas(num_cpus=0.25, target_ongoing_requests=8))
     ingress_replicas: Replicas = Field(default_factory=lambda: Replicas(num_cpus=0.25, max_ongoing_requests=256,

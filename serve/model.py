@@ -68,6 +68,9 @@ class ModelServer:
         if len(ids) > limits.max_prompt_tokens:
             return None, bad_request(f"prompt has {len(ids)} tokens; the limit is {limits.max_prompt_tokens}", "messages")
         max_tokens = request.get("max_tokens") or min(limits.max_tokens, self.max_model_len - len(ids))
+        if max_tokens < 1:
+            return None, bad_request(f"prompt has {len(ids)} tokens: no room left to generate in the model's context "
+                                     f"of {self.max_model_len} tokens", "messages")
         if len(ids) + max_tokens > self.max_model_len:
             return None, bad_request(f"prompt ({len(ids)} tokens) + max_tokens ({max_tokens}) exceeds the model's "
                                      f"context of {self.max_model_len} tokens", "max_tokens")

@@ -1,12 +1,17 @@
-"""The verifier deployment: ``lib.grading`` (math-verify in a killable child process) behind a handle.
+"""The verifier deployment: ``lib.grading`` (math-verify in killable child processes) behind a handle.
 
 ``verify`` grades one response against a reference; ``grade_many`` grades several; ``group`` groups
 extracted answers by equivalence (for majority voting). Graders never raise on model output.
+
+A replica holds a :class:`lib.grading.GraderPool`: ``pool_size`` grader processes, each capped at
+``memory_limit_mb`` of address space; every request takes one free grader and has ``budget_s`` in all
+(waiting included), each comparison ``grading_timeout_s``. So a client sending pathological answers
+occupies at most the graders its requests hold, for a bounded time, and cannot queue everyone behind it.
 """
 
 from __future__ import annotations
 
-import threading
+import asyncio
 from dataclasses import asdict
 from typing import Any
 
@@ -15,15 +20,16 @@ from ray import serve
 
 @serve.deployment(name="verifier")
 class Verifier:
-    def __init__(self, grading_timeout_s: float = 5.0):
-        from lib.grading import Grader
+    def __init__(self, grading_timeout_s: float = 5.0, pool_size: int = 4, budget_s: float = 30.0,
+                 memory_limit_mb: int | None = 1024):
+        from lib.grading import GraderPool
         from lib.progress import setup_logging
 
         setup_logging()
-        self.grader = Grader(timeout=grading_timeout_s)
-        self.lock = threading.Lock()  # one grader worker process per replica
+        self.pool = GraderPool(pool_size, timeout=grading_timeout_s, memory_limit_mb=memory_limit_mb)
+        self.budget_s = budget_s
 
-    def verify(self, response: str, reference: str | None) -> dict[str, Any]:
+    async def verify(self, response: str, reference: str | None) -> dict[str, Any]:
         """The grading verdict; without a reference, only the extracted answer (status ``unverified``)."""
         from lib.extraction import extract_answer
 
@@ -31,21 +37,24 @@ class Verifier:
             found = extract_answer(response)
             return {"status": "unverified", "extracted": found.answer, "method": found.method, "canonical": None,
                     "error": None}
-        with self.lock:
-            return asdict(self.grader.grade(response, reference))
+        return asdict(await asyncio.to_thread(self.pool.grade, response, reference, self.budget_s))
 
-    def grade_many(self, responses: list[str], reference: str) -> list[dict[str, Any]]:
-        with self.lock:
-            return [asdict(v) for v in self.grader.grade_many([(r, reference, None) for r in responses])]
+    async def grade_many(self, responses: list[str], reference: str) -> list[dict[str, Any]]:
+        verdicts = await asyncio.to_thread(self.pool.grade_many, [(r, reference, None) for r in responses], self.budget_s)
+        return [asdict(v) for v in verdicts]
 
-    def group(self, answers: list[str | None]) -> list[list[int]]:
-        """Indices of equivalent answers, largest group first (ties: earliest first); None answers excluded."""
+    async def group(self, answers: list[str | None]) -> list[list[int]]:
+        """Indices of equivalent answers, largest group first (ties: earliest first); None answers excluded.
+        Past the budget, answers not yet compared stay in groups of their own."""
         from lib.synthesis import vote
 
-        with self.lock:
-            return vote(answers, self.grader.is_equivalent).groups
+        def singletons() -> list[list[int]]:
+            return [[i] for i, a in enumerate(answers) if a is not None]
+
+        return await asyncio.to_thread(self.pool.equivalence, self.budget_s,
+                                       lambda same: vote(answers, same).groups, singletons)
 
     def __del__(self) -> None:
-        grader = getattr(self, "grader", None)
-        if grader is not None:
-            grader.close()
+        pool = getattr(self, "pool", None)
+        if pool is not None:
+            pool.close()
