@@ -413,13 +413,21 @@ class GraderPool:
     started when the budget runs out get status ``"timeout"`` without running. A request therefore takes
     at most ``budget_s`` plus one comparison's ``timeout``."""
 
-    def __init__(self, size: int, timeout: float = DEFAULT_TIMEOUT_S, memory_limit_mb: int | None = None):
+    def __init__(self, size: int, timeout: float = DEFAULT_TIMEOUT_S, memory_limit_mb: int | None = None,
+                 warm: bool = False):
+        """``warm``: start every grader's process now (in parallel), so no request pays for a start."""
         if size < 1:
             raise ValueError(f"size must be >= 1, got {size}")
         self.graders = [Grader(timeout=timeout, memory_limit_mb=memory_limit_mb) for _ in range(size)]
         self._free: queue.Queue[Grader] = queue.Queue()
         for grader in self.graders:
             self._free.put(grader)
+        if warm:
+            starts = [threading.Thread(target=grader.is_equivalent, args=("1", "1")) for grader in self.graders]
+            for thread in starts:
+                thread.start()
+            for thread in starts:
+                thread.join()
 
     def _run(self, budget_s: float, work: Callable[[Grader, float], Any], busy: Callable[[], Any]) -> Any:
         deadline = time.monotonic() + budget_s

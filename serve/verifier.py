@@ -26,7 +26,7 @@ class Verifier:
         from lib.progress import setup_logging
 
         setup_logging()
-        self.pool = GraderPool(pool_size, timeout=grading_timeout_s, memory_limit_mb=memory_limit_mb)
+        self.pool = GraderPool(pool_size, timeout=grading_timeout_s, memory_limit_mb=memory_limit_mb, warm=True)
         self.budget_s = budget_s
 
     async def verify(self, response: str, reference: str | None) -> dict[str, Any]:

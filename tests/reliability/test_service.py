@@ -23,13 +23,12 @@ def call(result):
 
 def test_slow_verifies_do_not_block_a_normal_one():
     """5 pathological /v1/verify requests (distinct golds: no verdict cache hits; each comparison times out
-    at 2 s) and then a normal one: the
-    normal one is answered, correctly, within the comparison timeout plus a worker start (it used to wait
-    behind all 5 in one lock per replica: 27.9 s with the 5 s default)."""
+    at 2 s) and then a normal one, on a replica with 6 graders: the normal one is answered, correctly, in
+    well under one comparison timeout (it used to wait behind all 5 in one lock per replica: 12.3 s here,
+    27.9 s with the 5 s default). With more slow requests than graders, see the budget test below."""
     from serve.verifier import Verifier
 
-    verifier = Verifier.func_or_class(2.0)
-    call(verifier.verify("\\boxed{1}", "1"))  # warm one worker, as a replica that has served before
+    verifier = Verifier.func_or_class(2.0, 6)
     slow = [threading.Thread(target=lambda gold=str(10 + i): call(verifier.verify(SLOW, gold))) for i in range(5)]
     for t in slow:
         t.start()
@@ -40,7 +39,7 @@ def test_slow_verifies_do_not_block_a_normal_one():
     for t in slow:
         t.join()
     assert verdict["status"] == "correct"
-    assert latency < 6.0, f"a normal verify waited {latency:.1f} s behind slow ones"
+    assert latency < 1.5, f"a normal verify waited {latency:.1f} s behind slow ones"
 
 
 def test_pool_time_budget_and_memory_cap():
