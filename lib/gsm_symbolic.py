@@ -574,15 +574,105 @@ def default_values(template: Template) -> dict[str, Any]:
     return env
 
 
-def conditions_hold(template: Template, env: dict[str, Any]) -> bool:
-    """True when every condition evaluates true (an arithmetic error counts as false)."""
-    for condition in template.conditions:
+def _holds(conditions: Sequence[Expression], env: dict[str, Any]) -> bool:
+    for condition in conditions:
         try:
             if not _value(condition.run(env)):
                 return False
         except (ArithmeticError, TypeError, ValueError):
             return False
     return True
+
+
+def conditions_hold(template: Template, env: dict[str, Any]) -> bool:
+    """True when every condition evaluates true (an arithmetic error counts as false)."""
+    return _holds(template.conditions, env)
+
+
+@dataclass(frozen=True)
+class _Step:
+    """One step of a joint draw: draw an init line, or solve a variable from an equality condition;
+    then check the conditions whose variables are all known."""
+
+    line: InitLine
+    solve: Compiled | None
+    checks: tuple[Expression, ...]
+
+
+def _names(tree: ast.AST) -> set[str]:
+    return {n.id for n in ast.walk(tree) if isinstance(n, ast.Name)}
+
+
+def _equalities(template: Template) -> dict[str, ast.expr]:
+    """Variables an equality condition fixes given the others (``ans == n - w1 * n1``): drawn from a
+    numeric population, one target, not on the other side."""
+    lines = {line.targets[0]: line for line in template.inits if line.how == "choice" and len(line.targets) == 1}
+    out: dict[str, ast.expr] = {}
+    for condition in template.conditions:
+        eq = condition.tree.body
+        if not (isinstance(eq, ast.Compare) and len(eq.ops) == 1 and isinstance(eq.ops[0], ast.Eq)):
+            continue
+        for side, other in ((eq.left, eq.comparators[0]), (eq.comparators[0], eq.left)):
+            if isinstance(side, ast.Name) and side.id in lines and side.id not in out and side.id not in _names(other):
+                if all(isinstance(v, (int, Fraction)) and not isinstance(v, bool) for v in lines[side.id].population):
+                    out[side.id] = other
+                    break
+    return out
+
+
+def _schedule(template: Template) -> list[_Step]:
+    """The steps of one joint draw. Conditions are checked as soon as their variables are known, so a
+    failing draw stops early; a variable an equality fixes is computed rather than drawn, and the draw
+    is rejected when the value is not in its population. Both give the same distribution as drawing
+    everything and rejecting: uniform over the valid joint draws."""
+    solvable = _equalities(template)
+    drawn = {name for line in template.inits for name in line.targets}
+    known: set[str] = set()
+    order: list[tuple[InitLine, Compiled | None]] = []
+    pending = dict(solvable)
+    for line in template.inits:
+        if len(line.targets) == 1 and line.targets[0] in solvable:
+            continue
+        order.append((line, None))
+        known.update(line.targets)
+        progress = True
+        while progress:
+            progress = False
+            for name, expr in list(pending.items()):
+                if (_names(expr) & drawn) <= known:
+                    line_of = next(li for li in template.inits if li.targets == (name,))
+                    order.append((line_of, compile_expression(expr)))
+                    known.add(name)
+                    del pending[name]
+                    progress = True
+    for name in pending:  # depends on a variable never drawn: draw it after all
+        order.append((next(li for li in template.inits if li.targets == (name,)), None))
+    position = {name: i for i, (line, _) in enumerate(order) for name in line.targets}
+    checks: list[list[Expression]] = [[] for _ in order]
+    for condition in template.conditions:  # (without #init lines, draw_instances checks them all at the end)
+        steps = [position[n] for n in _names(condition.tree) if n in position]
+        if checks:
+            checks[max(steps, default=len(checks) - 1)].append(condition)
+    return [_Step(line, solve, tuple(c)) for (line, solve), c in zip(order, checks)]
+
+
+def _draw_once(steps: list[_Step], rng: random.Random, late: Sequence[Expression] = ()) -> dict[str, Any] | None:
+    """One joint draw of every #init line, or None as soon as a condition fails."""
+    env: dict[str, Any] = {}
+    for step in steps:
+        if step.solve is None:
+            env.update(zip(step.line.targets, _draw(step.line, rng)))
+        else:
+            try:
+                value = to_exact(_value(step.solve(env)))
+            except (ArithmeticError, TypeError, ValueError):
+                return None
+            if value not in step.line.population:
+                return None
+            env[step.line.targets[0]] = int(value) if isinstance(value, Fraction) and value.denominator == 1 else value
+        if step.checks and not _holds(step.checks, env):
+            return None
+    return env if _holds(late, env) else None
 
 
 def evaluate_answer(template: Template, env: dict[str, Any]) -> Any:
@@ -674,16 +764,16 @@ def draw_instances(template: Template, num_instances: int, seed: int, max_draws:
     """``num_instances`` instances whose conditions hold, by rejection sampling (so each is uniform over
     the valid draws); raises TemplateError when ``max_draws`` draws did not give the next one."""
     rng = template_rng(template.id, seed)
+    steps = _schedule(template)
+    late_checks = template.conditions if not template.inits else ()
     for index in range(num_instances):
         draws = 0
         while True:
             if draws >= max_draws:
                 raise TemplateError(f"{template.id}: no draw met the conditions in {max_draws} tries (after {index} of {num_instances} instances)")
             draws += 1
-            env: dict[str, Any] = {}
-            for line in template.inits:
-                env.update(zip(line.targets, _draw(line, rng)))
-            if not conditions_hold(template, env):
+            env = _draw_once(steps, rng, late_checks)
+            if env is None:
                 continue
             try:
                 answer = evaluate_answer(template, env)
