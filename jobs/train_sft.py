@@ -4,12 +4,15 @@ Reads:  (question, solution) pairs: a synthesis output directory, ``gsm8k`` / ``
         or a JSONL/Parquet file with a column mapping; tokenized through Ray Data and fed to every worker
         with ``ray.train.get_dataset_shard``.
 Writes: ``output_dir/`` with the Ray Train run (``run/checkpoint_*``: model + optimizer + schedule +
-        data position), ``hf/`` (safetensors, tokenizer with chat template, ``training_args.json``: the
-        export ``jobs.evaluate`` loads as ``model=``), ``metrics.jsonl`` (loss, lr, tokens/s, examples seen
+        data position), ``hf/`` (safetensors in ``export_dtype``, tokenizer, ``training_args.json`` and
+        ``mathray_prompt.json``, the prompt it was trained with: the export ``jobs.evaluate`` and Serve load
+        as ``model=``), ``metrics.jsonl`` (loss, lr, tokens/s, examples seen
         per logged step), ``summary.json`` and ``config.yaml``.
 
 The step and the model code are in ``lib/train_loop.py`` and ``lib/sft.py`` (no Ray: runnable under
-``torchrun`` or in one process). Resume: rerun with the same ``output_dir``: training continues from the
+``torchrun`` or in one process). Each worker trains on ``ray.train.torch.get_device()`` (its GPU with
+``use_gpu``, else the CPU). A ``prompt`` that applies a chat template is refused before work starts when the
+model's tokenizer has none (base models train with ``xwin``). Resume: rerun with the same ``output_dir``: training continues from the
 latest checkpoint at the same position of the same epoch order.
 
 Run locally:   python -m jobs.train_sft --config jobs/configs/train_sft_tiny.yaml [key=value ...]
@@ -26,7 +29,7 @@ import time
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import Field
+from pydantic import Field, field_validator
 
 from lib import __version__
 from lib.config import ConfigError, StrictModel, dump_config, git_commit, job_config, package_versions
@@ -53,9 +56,12 @@ class Resources(StrictModel):
 class TrainSFTConfig(StrictModel):
     model: str = Field("default", description="'default' (embedded SmolLM2), a checkpoint directory, or a hub id")
     data: DataSource = Field(default_factory=DataSource)
-    prompt: str = Field("boxed", description="lib.prompts template: the evaluation prompt, so both agree")
+    prompt: str = Field("boxed", description="lib.prompts template: the evaluation prompt, so both agree; 'xwin' for a "
+                        "base model (no chat template)")
     max_seq_len: int = Field(1024, ge=16)
     packing: bool = True
+    attn_implementation: str = Field("sdpa", description="transformers attention: 'sdpa' (CPU; packed rows carry an "
+                                     "L x L mask) or 'flash_attention_2' (GPUs; packed rows go varlen, no mask)")
     micro_batch_tokens: int = Field(4096, ge=16)
     global_batch_size: int = Field(16, ge=1, description="examples per optimizer step across workers")
     epochs: int = Field(1, ge=1)
@@ -69,40 +75,55 @@ class TrainSFTConfig(StrictModel):
     deepspeed_config: str = Field("jobs/configs/deepspeed_zero3.json", description="ZeRO config (stage 2 or 3)")
     mixed_precision: bool = Field(False, description="bf16 compute (GPUs); fp32 on CPU")
     activation_checkpointing: bool = False
+    export_dtype: Literal["bfloat16", "float16", "float32"] = Field("bfloat16", description="dtype of the HF export's weights")
     log_every: int = Field(1, ge=1)
     checkpoint_every: int = Field(10, ge=1)
     keep_checkpoints: int = Field(2, ge=1)
     output_dir: str = "outputs/train_sft"
     resources: Resources = Field(default_factory=Resources)
 
+    @field_validator("prompt")
+    @classmethod
+    def _known_prompt(cls, name: str) -> str:
+        from lib.prompts import get_prompt
+
+        get_prompt(name)
+        return name
+
 
 def train_loop_per_worker(cfg: dict[str, Any]) -> None:
     """Runs on every Ray Train worker (the process group is already up: gloo on CPU, NCCL on GPU)."""
     import torch
     import ray.train
+    import ray.train.torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     from lib.models import resolve_model
-    from lib.sft import Example
+    from lib.prompts import get_prompt
+    from lib.sft import Example, uses_varlen
     from lib.train_loop import SFTTrainer, StepSettings, examples_for_rank, export_hf, iter_steps, micro_batches, steps_per_epoch
 
     setup_logging()
     config = TrainSFTConfig.model_validate(cfg["config"])
     ctx = ray.train.get_context()
     rank, world = ctx.get_world_rank(), ctx.get_world_size()
+    device = ray.train.torch.get_device()  # this worker's GPU (use_gpu), else the CPU
     rows = sorted(ray.train.get_dataset_shard("train").iter_rows(), key=lambda r: r["idx"])
     examples = [Example(list(r["input_ids"]), list(r["labels"])) for r in rows]
     path = resolve_model(config.model)
     tokenizer = AutoTokenizer.from_pretrained(path)
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else (tokenizer.eos_token_id or 0)
     torch.manual_seed(config.seed)
-    model = AutoModelForCausalLM.from_pretrained(path, torch_dtype=torch.float32, attn_implementation="sdpa")
+    model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32, attn_implementation=config.attn_implementation,
+                                                 device_map={"": device})  # fp32 master weights, loaded on the device
     total = config.max_steps or config.epochs * steps_per_epoch(len(examples), config.global_batch_size)
     settings = StepSettings(lr=config.lr, weight_decay=config.weight_decay, warmup_steps=config.warmup_steps,
                             total_steps=total, max_grad_norm=config.max_grad_norm, global_batch_size=config.global_batch_size,
-                            micro_batch_tokens=config.micro_batch_tokens, packing=config.packing, seed=config.seed)
+                            micro_batch_tokens=config.micro_batch_tokens, packing=config.packing,
+                            varlen=uses_varlen(config.attn_implementation), seed=config.seed)
     ds_config = json.loads((REPO / config.deepspeed_config).read_text()) if config.strategy == "deepspeed" else None
-    trainer = SFTTrainer(model, settings, config.strategy, ds_config, config.activation_checkpointing, config.mixed_precision)
+    trainer = SFTTrainer(model, settings, config.strategy, ds_config, config.activation_checkpointing, config.mixed_precision,
+                         device=device)
     position, seen = {"epoch": 0, "batch": 0}, 0
     if (checkpoint := ray.train.get_checkpoint()) is not None:
         with checkpoint.as_directory() as directory:
@@ -134,8 +155,9 @@ def train_loop_per_worker(cfg: dict[str, Any]) -> None:
     state = trainer.full_state_dict()
     if rank == 0:
         record = {"config": config.model_dump(), "steps": trainer.step, "examples_seen": seen,
-                  "seconds": time.monotonic() - start, "base_model": path, "prompt": config.prompt}
-        export_hf(Path(config.output_dir).resolve() / "hf", state, path, tokenizer, record)
+                  "seconds": time.monotonic() - start, "base_model": path}
+        export_hf(Path(config.output_dir).resolve() / "hf", state, path, tokenizer, record, get_prompt(config.prompt),
+                  config.export_dtype)
         log.info("exported %s", Path(config.output_dir) / "hf")
 
 
@@ -186,10 +208,44 @@ def latest_checkpoint(run_dir: Path):
     return ray.train.Checkpoint.from_directory(str(best))
 
 
-def main(argv: list[str] | None = None) -> dict[str, Any]:
-    config = job_config(TrainSFTConfig, argv, __doc__, "e.g. max_steps=4")
+def check_config(config: TrainSFTConfig) -> None:
+    """What the schema cannot see, checked before any work: the DeepSpeed file exists, and the prompt suits
+    the model's tokenizer (a chat-template prompt needs a chat template)."""
+    from transformers import AutoTokenizer
+
+    from lib.models import resolve_model
+    from lib.prompts import check_prompt_for_tokenizer, get_prompt
+
     if config.strategy == "deepspeed" and not (REPO / config.deepspeed_config).is_file():
         raise ConfigError(f"deepspeed_config: {config.deepspeed_config} does not exist")
+    if get_prompt(config.prompt).use_chat_template:
+        path = resolve_model(config.model)
+        try:
+            check_prompt_for_tokenizer(config.prompt, AutoTokenizer.from_pretrained(path), path)
+        except ValueError as exc:
+            raise ConfigError(str(exc)) from None
+
+
+def plan(config: TrainSFTConfig, num_examples: int | None = None) -> list:
+    """The dry-run plan: Ray Train workers asked for, SFT examples and optimizer steps (``num_examples``
+    None: counted from the data when it is readable here)."""
+    from lib.plan import StagePlan, bundles, train_work
+    from lib.sft_data import load_pairs
+
+    notes = [f"model {config.model}, prompt {config.prompt}, strategy {config.strategy}, output_dir {config.output_dir}"]
+    if num_examples is None:
+        try:
+            num_examples = len(load_pairs(config.data.source, config.data.split, config.data.columns, config.data.limit))
+        except DataError as exc:
+            notes.append(f"examples unknown before the run: {exc}")
+    res = config.resources
+    return [StagePlan("train_sft", bundles(res.num_workers, res.cpus_per_worker, 1 if res.use_gpu else 0),
+                      train_work(num_examples, config.global_batch_size, config.epochs, config.max_steps), notes)]
+
+
+def main(argv: list[str] | None = None) -> dict[str, Any]:
+    config = job_config(TrainSFTConfig, argv, __doc__, "e.g. max_steps=4", plan=plan)
+    check_config(config)
     output_dir = Path(config.output_dir).resolve()
     output_dir.mkdir(parents=True, exist_ok=True)
     # The workers run in Ray Train's own working directory: give them absolute paths.

@@ -5,8 +5,11 @@ cross-example attention, and padded batches for comparison. Pure torch/transform
   evaluation job uses, so training and evaluation agree), appends the solution as the assistant turn and
   the end-of-turn tokens, and sets ``labels`` to -100 on every prompt token.
 - :func:`pack` fills micro-batches up to a token budget (first fit, in order); :func:`collate_packed`
-  turns a pack into one row with ``position_ids`` restarting per example and a block-diagonal causal
-  mask, so no token attends across examples (SDPA attention honours the 4D mask).
+  turns a pack into one row with ``position_ids`` restarting per example, so no token attends across
+  examples. Two attention paths: ``varlen`` (GPUs, flash-attention 2): no mask at all, the sequence
+  boundaries as ``cu_seq_lens_q/k`` and ``max_length_q/k`` (as transformers' ``DataCollatorWithFlattening``
+  with ``return_flash_attn_kwargs``), so nothing of size L x L is built; otherwise (the CPU fallback, SDPA)
+  an explicit (1, 1, L, L) block-diagonal causal mask.
 - :func:`collate_padded` pads examples to the longest (the baseline packing is measured against).
 - :func:`token_loss_sum` returns the summed cross-entropy over label tokens and their count, so the
   loss of a global batch is one token-level mean however it is split into micro-batches and ranks.
@@ -18,6 +21,11 @@ from dataclasses import dataclass
 from typing import Any
 
 IGNORE = -100
+
+
+def uses_varlen(attn_implementation: str) -> bool:
+    """Whether packed rows go to this attention as varlen (flash-attention kernels) or with an explicit mask."""
+    return "flash" in attn_implementation
 
 
 @dataclass(frozen=True)
@@ -43,6 +51,7 @@ def tokenize_example(tokenizer: Any, question: str, solution: str, prompt: str =
 
     template = get_prompt(prompt)
     prompt_text = template.render(question, tokenizer)
+    prompt_ids = template.token_ids(question, tokenizer)  # the BOS rule of lib.prompts.encode_prompt
     if template.use_chat_template:
         messages = [{"role": "user", "content": template.user_message(question)},
                     {"role": "assistant", "content": solution.strip()}]
@@ -53,7 +62,6 @@ def tokenize_example(tokenizer: Any, question: str, solution: str, prompt: str =
         response_text = full[len(prompt_text):]
     else:
         response_text = " " + solution.strip() + (tokenizer.eos_token or "")
-    prompt_ids = tokenizer.encode(prompt_text, add_special_tokens=False)
     response_ids = tokenizer.encode(response_text, add_special_tokens=False)
     ids = (prompt_ids + response_ids)[:max_len]
     labels = ([IGNORE] * len(prompt_ids) + response_ids)[:max_len]
@@ -77,9 +85,28 @@ def pack(examples: list[Example], max_tokens: int) -> list[list[int]]:
     return packs
 
 
-def collate_packed(examples: list[Example]) -> dict[str, Any]:
+@dataclass
+class MicroBatch:
+    """One forward/backward's tensors (model inputs and ``labels``) and its number of label tokens, counted
+    on the host when collated (so the step never reads a device tensor to learn it)."""
+
+    tensors: dict[str, Any]
+    num_label_tokens: int
+
+    @property
+    def num_tokens(self) -> int:
+        return int(self.tensors["input_ids"].numel())
+
+    def to(self, device: Any) -> MicroBatch:
+        """On ``device`` (tensors only; ``max_length_q/k`` stay Python ints, as flash-attention wants them)."""
+        return MicroBatch({k: v.to(device, non_blocking=True) if hasattr(v, "to") else v for k, v in self.tensors.items()},
+                          self.num_label_tokens)
+
+
+def collate_packed(examples: list[Example], varlen: bool = False) -> dict[str, Any]:
     """One packed row: input_ids, labels (first token of each example masked: nothing precedes it),
-    position_ids restarting per example, and a (1, 1, L, L) boolean block-diagonal causal mask."""
+    position_ids restarting per example, and either (``varlen``) the flash-attention sequence boundaries
+    ``cu_seq_lens_q/k`` (int32) and ``max_length_q/k``, or a (1, 1, L, L) boolean block-diagonal causal mask."""
     import torch
 
     ids, labels, positions = [], [], []
@@ -87,6 +114,15 @@ def collate_packed(examples: list[Example]) -> dict[str, Any]:
         ids += ex.input_ids
         labels += [IGNORE] + ex.labels[1:]
         positions += list(range(len(ex)))
+    row = {"input_ids": torch.tensor([ids]), "labels": torch.tensor([labels]), "position_ids": torch.tensor([positions])}
+    if varlen:
+        bounds = [0]
+        for ex in examples:
+            bounds.append(bounds[-1] + len(ex))
+        cu_seq_lens = torch.tensor(bounds, dtype=torch.int32)
+        longest = max(len(ex) for ex in examples)
+        return {**row, "cu_seq_lens_q": cu_seq_lens, "cu_seq_lens_k": cu_seq_lens, "max_length_q": longest,
+                "max_length_k": longest}
     length = len(ids)
     mask = torch.zeros(length, length, dtype=torch.bool)
     start = 0
@@ -94,8 +130,7 @@ def collate_packed(examples: list[Example]) -> dict[str, Any]:
         end = start + len(ex)
         mask[start:end, start:end] = torch.tril(torch.ones(len(ex), len(ex), dtype=torch.bool))
         start = end
-    return {"input_ids": torch.tensor([ids]), "labels": torch.tensor([labels]),
-            "position_ids": torch.tensor([positions]), "attention_mask": mask[None, None]}
+    return {**row, "attention_mask": mask[None, None]}
 
 
 def collate_padded(examples: list[Example], pad_id: int) -> dict[str, Any]:
@@ -110,27 +145,28 @@ def collate_padded(examples: list[Example], pad_id: int) -> dict[str, Any]:
 
 
 def token_loss_sum(model: Any, batch: dict[str, Any]):
-    """(sum of next-token cross-entropy over label tokens, number of label tokens) for one micro-batch."""
+    """The sum of next-token cross-entropy over the label tokens of one micro-batch (a tensor on the
+    model's device: no host sync)."""
     import torch.nn.functional as F
 
     inputs = {k: v for k, v in batch.items() if k != "labels"}
-    logits = model(**inputs).logits[:, :-1].float()
-    targets = batch["labels"][:, 1:]
-    loss = F.cross_entropy(logits.reshape(-1, logits.size(-1)), targets.reshape(-1), ignore_index=IGNORE, reduction="sum")
-    return loss, int((targets != IGNORE).sum())
+    logits = model(**inputs).logits
+    length = logits.size(1)
+    logits = logits.narrow(1, 0, length - 1).float()  # narrow, not [:, :-1]: see tests/lib/test_train_loop_fake_cuda.py
+    targets = batch["labels"].narrow(1, 1, length - 1)
+    return F.cross_entropy(logits.reshape(-1, logits.size(-1)), targets.reshape(-1), ignore_index=IGNORE, reduction="sum")
 
 
-def per_example_losses(model: Any, examples: list[Example], packed: bool, pad_id: int = 0) -> list[float]:
-    """Mean token loss of each example, computed from one packed row or from a padded batch (for the
-    packing-equivalence test and benchmark)."""
+def per_example_losses(model: Any, examples: list[Example], packed: bool, pad_id: int = 0, varlen: bool = False) -> list[float]:
+    """Mean token loss of each example, computed from one packed row (with its mask, or ``varlen``: position_ids
+    and sequence boundaries only) or from a padded batch (for the packing-equivalence test and benchmark)."""
     import torch
     import torch.nn.functional as F
 
     with torch.no_grad():
         if packed:
-            batch = collate_packed(examples)
-            logits = model(input_ids=batch["input_ids"], position_ids=batch["position_ids"],
-                           attention_mask=batch["attention_mask"]).logits[0].float()
+            batch = collate_packed(examples, varlen)
+            logits = model(**{k: v for k, v in batch.items() if k != "labels"}).logits[0].float()
             out, start = [], 0
             for ex in examples:
                 end = start + len(ex)

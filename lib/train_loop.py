@@ -20,7 +20,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from lib.sft import IGNORE, Example, collate_packed, collate_padded, pack, token_loss_sum
+from lib.prompts import PromptTemplate, save_model_prompt
+from lib.sft import IGNORE, Example, MicroBatch, collate_packed, collate_padded, pack, token_loss_sum
 
 
 @dataclass
@@ -33,6 +34,7 @@ class StepSettings:
     global_batch_size: int = 32  # examples per optimizer step, across ranks
     micro_batch_tokens: int = 4096  # token budget of one micro-batch (packed row, or padded batch)
     packing: bool = True
+    varlen: bool = False  # packed rows without a mask, for flash-attention (lib.sft.uses_varlen)
     seed: int = 0
 
 
@@ -56,26 +58,33 @@ def steps_per_epoch(num_examples: int, global_batch_size: int) -> int:
     return math.ceil(num_examples / global_batch_size)
 
 
-def micro_batches(examples: list[Example], indices: list[int], s: StepSettings, pad_id: int) -> list[dict[str, Any]]:
+def micro_batches(examples: list[Example], indices: list[int], s: StepSettings, pad_id: int) -> list[MicroBatch]:
+    """The micro-batches of one rank's share of a global batch (CPU tensors; the step moves them)."""
     chosen = [examples[i] for i in indices]
     if not chosen:
         return []
     if s.packing:
-        return [collate_packed([chosen[i] for i in group]) for group in pack(chosen, s.micro_batch_tokens)]
+        return [_micro([chosen[i] for i in group], collate_packed([chosen[i] for i in group], s.varlen))
+                for group in pack(chosen, s.micro_batch_tokens)]
     out, group, longest = [], [], 0
     for ex in chosen:  # padded: as many examples as fit the same token budget once padded
         if group and max(longest, len(ex)) * (len(group) + 1) > s.micro_batch_tokens:
-            out.append(collate_padded(group, pad_id))
+            out.append(_micro(group, collate_padded(group, pad_id)))
             group, longest = [], 0
         group.append(ex)
         longest = max(longest, len(ex))
-    out.append(collate_padded(group, pad_id))
+    out.append(_micro(group, collate_padded(group, pad_id)))
     return out
 
 
-def dummy_micro_batch(pad_id: int) -> dict[str, Any]:
+def _micro(examples: list[Example], tensors: dict[str, Any]) -> MicroBatch:
+    return MicroBatch(tensors, sum(ex.num_label_tokens for ex in examples))
+
+
+def dummy_micro_batch(pad_id: int) -> MicroBatch:
     """A micro-batch with no label tokens: keeps ranks in lockstep (FSDP/ZeRO-3 collectives) at zero loss."""
-    return collate_padded([Example([pad_id, pad_id], [IGNORE, IGNORE])], pad_id)
+    ex = Example([pad_id, pad_id], [IGNORE, IGNORE])
+    return _micro([ex], collate_padded([ex], pad_id))
 
 
 def _dist():
@@ -84,38 +93,61 @@ def _dist():
     return dist if dist.is_available() and dist.is_initialized() else None
 
 
-def all_reduce_sum(values: list[float]) -> list[float]:
-    import torch
-
-    dist = _dist()
-    if dist is None:
-        return values
-    t = torch.tensor(values, dtype=torch.float64)
-    dist.all_reduce(t)
+def host_values(t: Any) -> list[float]:
+    """The one device -> host read of a reduced tensor (a sync on GPUs)."""
     return t.tolist()
 
 
+def all_reduce(values: Any, device: Any, op: str = "sum") -> list[float]:
+    """Sum (or max) ``values`` (numbers, or a tensor on ``device``) over ranks; returns them on the host.
+    The reduced tensor lives on ``device``: NCCL reduces only CUDA tensors, gloo CPU ones, and the training
+    device is the one the process group's backend serves."""
+    import torch
+
+    t = values if isinstance(values, torch.Tensor) else torch.tensor(values, dtype=torch.float64, device=device)
+    dist = _dist()
+    if dist is not None:
+        dist.all_reduce(t, op=dist.ReduceOp.MAX if op == "max" else dist.ReduceOp.SUM)
+    return host_values(t)
+
+
+def place(model: Any, device: Any) -> Any:
+    """``model`` on ``device`` (moved only if some parameter or buffer is elsewhere)."""
+    tensors = [*model.parameters(), *model.buffers()]
+    if any(t.device != device for t in tensors):
+        model.to(device)
+    return model
+
+
 class SFTTrainer:
-    """Owns model, optimizer and schedule for one strategy. ``train_step(micro_batches)`` runs one
-    optimizer step and returns (global mean token loss, label tokens, tokens processed)."""
+    """Owns model, optimizer and schedule for one strategy on one device (the worker's:
+    ``ray.train.torch.get_device()`` under Ray, ``cuda:N`` under torchrun or alone on a GPU, ``cpu`` for
+    gloo). ``train_step(micro_batches)`` runs one optimizer step and returns (global mean token loss,
+    label tokens, tokens processed): model, inputs, labels and every reduced tensor are on ``device``;
+    the step reads the device twice (the plan's counts and the step's totals)."""
 
     def __init__(self, model: Any, settings: StepSettings, strategy: str = "none", deepspeed_config: dict | None = None,
-                 activation_checkpointing: bool = False, mixed_precision: bool = False):
+                 activation_checkpointing: bool = False, mixed_precision: bool = False, device: Any = "cpu"):
         import torch
 
         self.settings, self.strategy = settings, strategy
+        self.device = torch.device(device)
         self.rank = _dist().get_rank() if _dist() else 0
         self.world = _dist().get_world_size() if _dist() else 1
+        self.autocast = mixed_precision and strategy == "none"  # FSDP/DeepSpeed cast themselves
         if activation_checkpointing:
             model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        place(model, self.device)
         self.engine = None
         if strategy == "fsdp":
+            from torch.distributed.device_mesh import init_device_mesh
             from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
 
+            mesh = init_device_mesh(self.device.type, (self.world,))  # cuda mesh -> NCCL, cpu -> gloo
             mp = MixedPrecisionPolicy(param_dtype=torch.bfloat16, reduce_dtype=torch.float32) if mixed_precision else MixedPrecisionPolicy()
             for layer in model.model.layers:
-                fully_shard(layer, mp_policy=mp)
-            fully_shard(model, mp_policy=mp)
+                fully_shard(layer, mesh=mesh, mp_policy=mp)
+            fully_shard(model, mesh=mesh, mp_policy=mp)
         if strategy == "deepspeed":
             import deepspeed
 
@@ -125,6 +157,9 @@ class SFTTrainer:
             config.setdefault("optimizer", {"type": "AdamW", "params": {"lr": settings.lr, "weight_decay": settings.weight_decay,
                                                                          "torch_adam": True}})
             self.engine, self.optimizer, _, _ = deepspeed.initialize(model=model, config=config, dist_init_required=False)
+            if torch.device(self.engine.device) != self.device:  # DeepSpeed picks its device from LOCAL_RANK
+                raise ValueError(f"DeepSpeed placed the model on {self.engine.device}, but this worker's device is "
+                                 f"{self.device}: LOCAL_RANK and the visible devices disagree")
             self.model = self.engine
         else:
             self.model = model
@@ -137,20 +172,30 @@ class SFTTrainer:
         for group in self.optimizer.param_groups:
             group["lr"] = self.settings.lr * lr_factor(self.step, self.settings.warmup_steps, self.settings.total_steps)
 
-    def train_step(self, batches: list[dict[str, Any]], pad_id: int) -> tuple[float, int, int]:
+    def train_step(self, batches: list[MicroBatch], pad_id: int) -> tuple[float, int, int]:
+        # The plan: every rank runs as many micro-batches as the busiest (FSDP/ZeRO-3 gather in lockstep).
+        tokens = all_reduce([sum(b.num_label_tokens for b in batches)], self.device)[0]
+        total_micro = int(max(all_reduce([len(batches)], self.device, "max")[0], 1))
+        batches = batches + [dummy_micro_batch(pad_id) for _ in range(total_micro - len(batches))]
+        totals = self.step_on_device(batches, int(tokens))
+        total_loss, total_processed = all_reduce(totals, self.device)
+        return total_loss / max(tokens, 1), int(tokens), int(total_processed)
+
+    def step_on_device(self, batches: list[MicroBatch], tokens: int) -> Any:
+        """Forward, backward and the optimizer step over ``batches``, ``tokens`` label tokens in the global
+        batch; returns this rank's [loss sum, tokens processed] as a tensor on the device (no host sync)."""
         import torch
 
-        local_tokens = sum(int((b["labels"][:, 1:] != IGNORE).sum()) for b in batches)
-        count, tokens = all_reduce_sum([len(batches), local_tokens])
-        total_micro = int(max(all_reduce_max(len(batches)), 1))
-        batches = batches + [dummy_micro_batch(pad_id) for _ in range(total_micro - len(batches))]
         scale = self.world / max(tokens, 1)  # gradients are averaged over ranks: this makes a token mean
-        loss_sum, processed = 0.0, 0
+        loss_sum = torch.zeros((), dtype=torch.float64, device=self.device)
+        processed = 0
         self.model.train()
         for i, batch in enumerate(batches):
-            loss, _ = token_loss_sum(self.model, batch)
-            processed += int(batch["input_ids"].numel())
-            loss_sum += float(loss.detach())
+            batch = batch.to(self.device)
+            with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.autocast):
+                loss = token_loss_sum(self.model, batch.tensors)
+            processed += batch.num_tokens
+            loss_sum += loss.detach().to(torch.float64)
             if self.engine is not None:
                 self.engine.set_gradient_accumulation_boundary(i == len(batches) - 1)
                 self.engine.backward(loss * scale, scale_wrt_gas=False)
@@ -163,8 +208,7 @@ class SFTTrainer:
             self.optimizer.zero_grad(set_to_none=True)
         self.step += 1
         self._set_lr()
-        total_loss, total_processed = all_reduce_sum([loss_sum, processed])
-        return total_loss / max(tokens, 1), int(tokens), int(total_processed)
+        return torch.stack([loss_sum, torch.full((), float(processed), dtype=torch.float64, device=self.device)])
 
     @property
     def lr(self) -> float:
@@ -221,33 +265,29 @@ class SFTTrainer:
         return sd if self.rank == 0 else None
 
 
-def all_reduce_max(value: int) -> int:
-    import torch
-
-    dist = _dist()
-    if dist is None:
-        return value
-    t = torch.tensor([value])
-    dist.all_reduce(t, op=dist.ReduceOp.MAX)
-    return int(t.item())
-
-
-def export_hf(model_dir: str | Path, state_dict: dict[str, Any], base_model: str, tokenizer: Any, record: dict[str, Any]) -> Path:
-    """Write an HF directory (safetensors, config, tokenizer with chat template, training_args.json)
-    that ``jobs.evaluate`` loads with vLLM as ``model=``."""
+def export_hf(model_dir: str | Path, state_dict: dict[str, Any], base_model: str, tokenizer: Any, record: dict[str, Any],
+              prompt: PromptTemplate, dtype: str = "bfloat16") -> Path:
+    """Write an HF directory that ``jobs.evaluate`` (vLLM) and Serve load as ``model=``: safetensors in
+    ``dtype`` (floating weights; the config's dtype says the same), config, tokenizer (with its chat
+    template, if any), ``training_args.json`` (``record``) and ``mathray_prompt.json`` (the prompt the model
+    was fine-tuned with, which Serve's chat route applies)."""
     import torch
     from transformers import AutoConfig, AutoModelForCausalLM
 
+    torch_dtype = getattr(torch, dtype)
     model_dir = Path(model_dir)
     config = AutoConfig.from_pretrained(base_model)
+    config.dtype = dtype
     with torch.device("meta"):
         model = AutoModelForCausalLM.from_config(config)
-    model.load_state_dict({k: v.to(torch.float32) if v.is_floating_point() else v for k, v in state_dict.items()},
+    model.load_state_dict({k: v.to(torch_dtype) if v.is_floating_point() else v for k, v in state_dict.items()},
                           assign=True, strict=False)
     model.tie_weights()
     model.save_pretrained(model_dir, safe_serialization=True)
     tokenizer.save_pretrained(model_dir)
-    (model_dir / "training_args.json").write_text(json.dumps(record, indent=2, default=str))
+    (model_dir / "training_args.json").write_text(json.dumps({**record, "export_dtype": dtype,
+                                                              "prompt": prompt.record(tokenizer)}, indent=2, default=str))
+    save_model_prompt(model_dir, prompt, tokenizer)
     return model_dir
 
 
