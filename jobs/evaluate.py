@@ -142,6 +142,19 @@ def load_questions(config: EvaluateConfig) -> list:
     return questions
 
 
+def plan(config: EvaluateConfig, questions: list | None = None) -> list:
+    """The dry-run plan: vLLM engines and graders asked for, questions x samples, requests, token bounds."""
+    from lib.plan import StagePlan, bundles, evaluate_work
+
+    questions = load_questions(config) if questions is None else questions
+    res = config.resources
+    return [StagePlan("evaluate", bundles(res.num_engines, res.cpus_per_engine, res.gpus_per_engine)
+                      + bundles(res.num_graders, res.cpus_per_grader),
+                      evaluate_work([q.question for q in questions], config.samples_per_question, config.greedy,
+                                    config.max_tokens, res.samples_per_request),
+                      [f"model {config.model}, prompt {config.prompt}, output_dir {config.output_dir}"])]
+
+
 def check_resume(config: EvaluateConfig, output_dir: Path) -> None:
     """Refuse a directory whose samples were drawn with other sampling settings, in every stage: a grade or
     metrics run would otherwise rewrite config.yaml with its settings and mislabel the stored samples."""
@@ -323,12 +336,16 @@ def main(argv: list[str] | None = None) -> dict | None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--config", type=Path, help="YAML config (see jobs/configs/)")
     parser.add_argument("overrides", nargs="*", help="dotted key=value overrides, e.g. limit=2 engine.max_num_seqs=64")
+    parser.add_argument("--dry-run", action="store_true", help="print the plan (resources, work) and exit; starts nothing")
     args = parser.parse_args(argv)
     setup_logging()
     with contextlib.ExitStack() as stack:
         try:
             config = load_config(EvaluateConfig, args.config, args.overrides)
             questions = load_questions(config)
+            if args.dry_run:  # the plan only: no model, no Ray, no output directory
+                from lib.plan import dry_run
+                dry_run(plan(config, questions))
             output_dir = Path(config.output_dir)
             check_model(config.model)
             check_resume(config, output_dir)

@@ -257,13 +257,74 @@ def validate_inputs(config: PipelineConfig) -> None:
         raise ConfigError(f"serve_teacher.config: {config.serve_teacher.config} does not exist")
 
 
+def plan(config: PipelineConfig) -> list:
+    """The dry-run plan of every stage, each from the job config the pipeline would run (same model, data and
+    output paths as ``main``): evaluations, synthesis, one SFT run per (source, size) the data can supply,
+    and the judge's error analysis. Nothing is loaded but the datasets."""
+    import jobs.evaluate
+    import jobs.synthesize
+    import jobs.train_sft
+    from lib.plan import StagePlan, prompt_tokens, teacher_work
+    from lib.sft_data import load_pairs
+
+    validate_inputs(config)
+    run_dir = Path(config.output_dir)
+    questions = load_questions(config.evaluate)
+    stages: list[StagePlan] = []
+
+    def evaluate(name: str, model: str, directory: Path) -> None:
+        cfg = config.evaluate.model_copy(update={"model": model, "output_dir": str(directory)})
+        (stage,) = jobs.evaluate.plan(cfg, questions)
+        stage.name = f"evaluate {name}"
+        stages.append(stage)
+
+    evaluate("base", config.model, run_dir / "base")
+    available: dict[str, int | None] = {}
+    if "synthetic" in config.sources:
+        (stage,) = jobs.synthesize.plan(config.synthesize.model_copy(update={"output_dir": str(run_dir / "synthesize")}))
+        if config.serve_teacher is not None:
+            stage.notes.append(f"teacher: this project's Serve app ({config.serve_teacher.config}) in the job's cluster; "
+                               "the cost is what the configured prices would charge")
+        stages.append(stage)
+        available["synthetic"] = stage.work["solutions<="]
+    if "real" in config.sources:
+        available["real"] = len(load_pairs(config.real_data, limit=None))
+    left_out = []
+    for source in config.sources:
+        for size in config.sizes:
+            name = f"{source}-{size}"
+            if size > available[source]:
+                left_out.append(f"{name} (at most {available[source]:,} rows)")
+                continue
+            data = DataSource(source=str(run_dir / "subsets" / f"{name}.jsonl"))
+            cfg = config.train.model_copy(update={"model": config.model, "data": data, "output_dir": str(run_dir / "sft" / name)})
+            (stage,) = jobs.train_sft.plan(cfg, size)
+            stage.name = f"train {name}"
+            if source == "synthetic":
+                stage.notes.append("if the synthesis keeps that many rows (the run leaves out sizes it cannot fill)")
+            stages.append(stage)
+            evaluate(name, str(run_dir / "sft" / name / "hf"), run_dir / "eval" / name)
+    judge, runs = config.error_analysis.judge, sum(s.name.startswith("evaluate") for s in stages)
+    if judge is not None:
+        per_run = min(config.error_analysis.judge_max_samples, stages[0].work["samples"])
+        question = prompt_tokens([q.question for q in questions]) // max(len(questions), 1)
+        work = {"evaluations": runs, **teacher_work(
+            runs * per_run, runs * per_run * (question + config.evaluate.max_tokens), runs * per_run * judge.max_tokens,
+            judge.pricing.prompt_usd_per_mtok, judge.pricing.completion_usd_per_mtok,
+            None if config.error_analysis.judge_budget_usd is None else runs * config.error_analysis.judge_budget_usd)}
+        stages.append(StagePlan("error analysis (judge)", [], work, [f"judge {judge.model}, {per_run} samples per evaluation"]))
+    if left_out:
+        stages[0].notes.append("SFT runs left out: " + ", ".join(left_out))
+    return stages
+
+
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     import jobs.evaluate
     import jobs.synthesize
     import jobs.train_sft
     from lib.pipeline_report import write_report
 
-    config = job_config(PipelineConfig, argv, __doc__, "e.g. sizes=[8,32] evaluate.limit=4")
+    config = job_config(PipelineConfig, argv, __doc__, "e.g. sizes=[8,32] evaluate.limit=4", plan=plan)
     validate_inputs(config)
     run_dir = Path(config.output_dir).resolve()  # absolute: stages' actors and workers run elsewhere
     run_dir.mkdir(parents=True, exist_ok=True)

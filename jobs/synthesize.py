@@ -251,8 +251,35 @@ def finalize(config: SynthesizeConfig, teacher: TeacherSettings, output_dir: Pat
     return card
 
 
+def plan(config: SynthesizeConfig, seeds: list | None = None) -> list:
+    """The dry-run plan: client actors asked for, seeds -> questions -> solutions, teacher requests, tokens and
+    the worst-case cost (every request answered at its max_tokens; prompts at 4 characters per token)."""
+    import math
+
+    from lib.plan import CHARS_PER_TOKEN, StagePlan, bundles, prompt_tokens, teacher_work
+    from lib.synthesis import QUESTION_PROMPTS
+
+    seeds = load_seeds(config) if seeds is None else seeds
+    st, t = config.stage, config.teacher
+    questions = len(seeds) * st.questions_per_seed
+    solutions = questions * st.solutions_per_question
+    verifies = solutions if st.filters.verify else 0
+    question_prompts = prompt_tokens([s.question for s in seeds], max(map(len, QUESTION_PROMPTS.values()))) * st.questions_per_seed
+    solution_prompt = math.ceil(len(SOLUTION_PROMPT) / CHARS_PER_TOKEN) + st.question_max_tokens
+    verify_prompt = math.ceil(len(VERIFY_PROMPT) / CHARS_PER_TOKEN) + st.question_max_tokens + t.max_tokens
+    work = {"seeds": len(seeds), "questions<=": questions, "solutions<=": solutions,
+            **teacher_work(questions + solutions + verifies,
+                           question_prompts + solutions * solution_prompt + verifies * verify_prompt,
+                           questions * st.question_max_tokens + solutions * t.max_tokens + verifies * st.filters.verify_max_tokens,
+                           t.pricing.prompt_usd_per_mtok, t.pricing.completion_usd_per_mtok, config.budget_usd)}
+    where = "vLLM's OpenAI server started by the job (outside Ray's accounting)" if config.local_server else t.base_url
+    notes = [f"teacher {t.model} at {where or 'the OpenAI API'}, output_dir {config.output_dir}"]
+    res = config.resources
+    return [StagePlan("synthesize", bundles(res.num_clients, res.cpus_per_client), work, notes)]
+
+
 def main(argv: list[str] | None = None) -> dict[str, Any]:
-    config = job_config(SynthesizeConfig, argv, __doc__, "e.g. seed_limit=8")
+    config = job_config(SynthesizeConfig, argv, __doc__, "e.g. seed_limit=8", plan=plan)
     try:
         seeds = load_seeds(config)
     except DataError as exc:

@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import importlib.metadata
 import subprocess
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -138,13 +139,29 @@ def dump_config(config: BaseModel, path: Path, extra: dict | None = None) -> Non
     path.write_text(yaml.safe_dump(data, sort_keys=False))
 
 
-def job_config(model: type[M], argv: list[str] | None, doc: str | None, example: str) -> M:
-    """``python -m jobs.X --config FILE key=value ...``: parse the command line, set up logging, load."""
+def job_config(model: type[M], argv: list[str] | None, doc: str | None, example: str,
+               plan: Callable[[M], list] | None = None) -> M:
+    """``python -m jobs.X --config FILE key=value ... [--dry-run]``: parse the command line, set up logging, load.
+
+    With ``--dry-run`` (offered when the job passes its ``plan``), print the plan of the resolved config
+    against cluster/values.yaml and exit (``lib.plan.dry_run``): no model, no Ray, no output."""
     from lib.progress import setup_logging
 
     parser = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--config", help="YAML config (see jobs/configs/)")
     parser.add_argument("overrides", nargs="*", help=f"dotted key=value overrides, {example}")
+    if plan is not None:
+        parser.add_argument("--dry-run", action="store_true", help="print the plan (resources, work, cost) and exit")
     args = parser.parse_args(argv)
     setup_logging()
-    return load_config(model, args.config, args.overrides)
+    config = load_config(model, args.config, args.overrides)
+    if getattr(args, "dry_run", False):
+        from lib.data import DataError
+        from lib.plan import dry_run
+
+        try:
+            stages = plan(config)
+        except DataError as exc:
+            raise SystemExit(f"error: {exc}") from None
+        dry_run(stages)
+    return config

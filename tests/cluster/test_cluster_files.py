@@ -29,11 +29,15 @@ def render_module():
 
 
 def test_committed_files_are_the_rendering_of_values():
+    """Every cluster file and every rendered key of the GPU job configs is what values.yaml gives."""
     render = render_module()
     files = render.rendered()
-    assert set(files) == {str(p.relative_to(CLUSTER)) for p in CLUSTER.rglob("*.yaml")} - {"values.yaml", "runtime_env.yaml"}
+    cluster_files = {str(p.relative_to(REPO)) for p in CLUSTER.rglob("*.yaml")} - {"cluster/values.yaml", "cluster/runtime_env.yaml"}
+    assert {f for f in files if f.startswith("cluster/")} == cluster_files
+    assert sorted(f for f in files if f.startswith("jobs/")) == sorted(f"jobs/configs/{n}.yaml" for n in (
+        "evaluate_7b_gpu", "pipeline_7b", "synthesize_gpt4", "train_sft_7b_deepspeed", "train_sft_7b_fsdp"))
     for rel, text in files.items():
-        assert (CLUSTER / rel).read_text() == text, f"{rel} is stale: run python cluster/render.py"
+        assert (REPO / rel).read_text() == text, f"{rel} is stale: run python cluster/render.py"
 
 
 def test_launcher_validates_against_rays_schema():
@@ -71,7 +75,7 @@ def check_serve_config(config: dict):
 def test_kuberay_manifests_name_existing_entrypoints_and_valid_serve_config():
     values = yaml.safe_load((CLUSTER / "values.yaml").read_text())
     jobs = []
-    for path in sorted((CLUSTER / "kuberay").glob("*.yaml")):
+    for path in sorted((CLUSTER / "kuberay").glob("rayjob-*.yaml")) + [CLUSTER / "kuberay" / f"ray{k}.yaml" for k in ("cluster", "service")]:
         doc = yaml.safe_load(path.read_text())
         assert doc["apiVersion"] == "ray.io/v1" and doc["metadata"]["name"] and doc["metadata"]["namespace"] == values["namespace"]
         spec = doc["spec"]
