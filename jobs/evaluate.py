@@ -58,6 +58,8 @@ class DatasetRef(StrictModel):
     split: str = "test"
     columns: dict[str, str] | None = None
     answer_format: str = "raw"
+    instances: int | None = Field(None, ge=1, description="GSM-Symbolic datasets: instances per template (default 1); limit counts templates")
+    seed: int = Field(0, description="GSM-Symbolic datasets: the instances' seed")
 
     @field_validator("name")
     @classmethod
@@ -120,7 +122,8 @@ def load_refs(refs: list[str | DatasetRef], limit: int | None, split: str, key: 
         if isinstance(ref, str):
             questions += load_dataset(ref, split=split, limit=limit, data_dir=data_dir)
         elif ref.name:
-            questions += load_dataset(ref.name, split=ref.split, limit=limit, data_dir=data_dir)
+            questions += load_dataset(ref.name, split=ref.split, limit=limit, data_dir=data_dir,
+                                      instances=ref.instances, seed=ref.seed)
         else:
             questions += load_dataset(ref.path, columns=ref.columns, answer_format=ref.answer_format, limit=limit)
     ids = [q.id for q in questions]

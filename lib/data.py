@@ -207,8 +207,10 @@ def stage_data(destination: str | Path, source: str | Path | None = None) -> tup
 
 
 def dataset_names() -> list[str]:
-    """Names of the registry datasets, sorted."""
-    return sorted(DATASETS)
+    """Names of the registry datasets and the generated ones (GSM-Symbolic), sorted."""
+    from lib.gsm_symbolic import DATASETS as GENERATED  # imports this module
+
+    return sorted([*DATASETS, *GENERATED])
 
 
 def to_text(value: Any) -> str:
@@ -388,12 +390,23 @@ def load_dataset(
     limit: int | None = None,
     columns: Mapping[str, str] | None = None,
     answer_format: str = "raw",
+    instances: int | None = None,
+    seed: int = 0,
 ) -> list[Question]:
     """Load a registry dataset by name, or a user file by path (then see :func:`load_file`).
 
     ``split`` picks the registry file; ``limit`` keeps the first N rows in file order. For a user
-    file, ``columns`` defaults to ``{"question": "question", "answer": "answer"}``.
+    file, ``columns`` defaults to ``{"question": "question", "answer": "answer"}``. The generated
+    GSM-Symbolic datasets (``gsm_symbolic``, ``_p1``, ``_p2``, ``_original``) take ``instances`` per
+    template and ``seed``, and ``limit`` counts templates (see ``lib.gsm_symbolic.load_questions``).
     """
+    from lib import gsm_symbolic
+
+    if name_or_path in gsm_symbolic.DATASETS:
+        return gsm_symbolic.load_questions(name_or_path, split=split, data_dir=data_dir, limit=limit,
+                                           instances=instances, seed=seed)
+    if instances is not None:
+        raise DataError(f"instances applies to the generated GSM-Symbolic datasets, not to {name_or_path!r}")
     if name_or_path in DATASETS:
         if columns is not None:
             raise DataError(f"columns applies to user files, not to the registry dataset {name_or_path!r}")

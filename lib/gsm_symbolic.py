@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import ast
 import json
+import logging
 import operator
 import random
 import re
@@ -42,8 +43,16 @@ from fractions import Fraction
 from pathlib import Path
 from typing import Any
 
+from lib.data import DataError, Question, resolve_data_file
+
+log = logging.getLogger(__name__)
+
 VARIANTS = ("symbolic", "p1", "p2")
-DEFAULT_MAX_DRAWS = 100_000
+DEFAULT_MAX_DRAWS = 100_000  # draws per instance before a template is reported as unsatisfiable
+# Evaluation datasets: instances of each variant, and the 100 GSM8K test questions they come from.
+ORIGINAL_DATASET = "gsm_symbolic_original"
+DATASETS = {"gsm_symbolic": "symbolic", "gsm_symbolic_p1": "p1", "gsm_symbolic_p2": "p2", ORIGINAL_DATASET: None}
+DEFAULT_INSTANCES = 1
 
 # ----------------------------------------------------------------------------------------------------
 # Words and quantities
@@ -503,11 +512,12 @@ def parse_template(record: dict[str, Any], template_id: str) -> Template:
     )
 
 
-def load_templates(variant: str, data_dir: Path) -> list[Template]:
-    """All templates of one variant (``symbolic``, ``p1``, ``p2``), in file order."""
+def load_templates(variant: str, data_dir: str | Path | None = None) -> list[Template]:
+    """All templates of one variant (``symbolic``, ``p1``, ``p2``), in file order, from the data
+    directory (``lib.data``'s resolution: ``data_dir``, $MATHRAY_DATA_DIR, ../shared/data, ...)."""
     if variant not in VARIANTS:
         raise TemplateError(f"unknown GSM-Symbolic variant {variant!r} (known: {', '.join(VARIANTS)})")
-    folder = Path(data_dir) / "gsm_symbolic" / "templates" / variant
+    folder = resolve_data_file(f"gsm_symbolic/templates/{variant}/0000.json", data_dir).parent
     files = sorted(folder.glob("*.json"))
     if not files:
         raise TemplateError(f"no templates in {folder}")
@@ -660,8 +670,11 @@ def _draw_once(steps: list[_Step], rng: random.Random, late: Sequence[Expression
     """One joint draw of every #init line, or None as soon as a condition fails."""
     env: dict[str, Any] = {}
     for step in steps:
-        if step.solve is None:
-            env.update(zip(step.line.targets, _draw(step.line, rng)))
+        line = step.line
+        if step.solve is None and line.how == "choice":  # the common case, inlined: int(random() * n) is uniform
+            env[line.targets[0]] = line.population[int(rng.random() * len(line.population))]
+        elif step.solve is None:
+            env.update(zip(line.targets, _draw(line, rng)))
         else:
             try:
                 value = to_exact(_value(step.solve(env)))
@@ -682,11 +695,11 @@ def evaluate_answer(template: Template, env: dict[str, Any]) -> Any:
 def _draw(line: InitLine, rng: random.Random) -> list[Any]:
     pop = line.population
     if line.how == "choice":
-        picked = [pop[rng.randrange(len(pop))]]
+        picked = [pop[int(rng.random() * len(pop))]]
     elif line.how == "sample":
         picked = rng.sample(pop, len(line.targets))
     else:
-        start = rng.randrange(len(pop))
+        start = int(rng.random() * len(pop))
         picked = [pop[(start + i) % len(pop)] for i in range(len(line.targets))]
     return picked
 
@@ -745,6 +758,7 @@ class Instance:
     id_orig: int
     question: str
     answer: str | None  # None when not an integer or exact decimal
+    answer_value: Any  # the exact value (a Fraction such as 16000/3 where ``answer`` is None)
     values: dict[str, Any]
     num_draws: int
 
@@ -779,7 +793,7 @@ def draw_instances(template: Template, num_instances: int, seed: int, max_draws:
                 answer = evaluate_answer(template, env)
             except (ArithmeticError, TypeError, ValueError):
                 continue
-            yield Instance(template.id, index, template.id_orig, render_question(template, env), answer_text(answer), env, draws)
+            yield Instance(template.id, index, template.id_orig, render_question(template, env), answer_text(answer), answer, env, draws)
             break
 
 
@@ -794,3 +808,74 @@ def generate(templates: Sequence[Template], num_instances: int, seed: int, max_d
         except TemplateError as err:
             failures[template.id] = str(err)
     return Generation(instances, failures)
+
+
+# ----------------------------------------------------------------------------------------------------
+# Evaluation datasets
+
+
+@dataclass(frozen=True)
+class QuestionRef:
+    """What a GSM-Symbolic question id records: ``<dataset>/<template>/gsm8k-test-<id_orig>[/<instance>]``."""
+
+    dataset: str
+    template: str  # "0005": the same number in symbolic, p1 and p2
+    id_orig: int  # GSM8K test row
+    instance: int | None  # None for the original question
+
+
+def question_id(dataset: str, template: Template, instance: int | None = None) -> str:
+    base = f"{dataset}/{template.number}/gsm8k-test-{template.id_orig}"
+    return base if instance is None else f"{base}/{instance}"
+
+
+def parse_question_id(qid: str) -> QuestionRef | None:
+    """The parts of a GSM-Symbolic question id, or None for any other id."""
+    m = re.fullmatch(r"([a-z0-9_]+)/(\d{4})/gsm8k-test-(\d+)(?:/(\d+))?", qid)
+    if not m or m.group(1) not in DATASETS:
+        return None
+    return QuestionRef(m.group(1), m.group(2), int(m.group(3)), None if m.group(4) is None else int(m.group(4)))
+
+
+def load_questions(
+    dataset: str,
+    *,
+    split: str = "test",
+    data_dir: str | Path | None = None,
+    limit: int | None = None,
+    instances: int | None = None,
+    seed: int = 0,
+    max_draws: int = DEFAULT_MAX_DRAWS,
+) -> list[Question]:
+    """Questions of a GSM-Symbolic dataset for ``lib.data.load_dataset``: ``instances`` per template
+    (default 1) drawn with ``seed`` from the first ``limit`` templates, template by template; or, for
+    ``gsm_symbolic_original``, the GSM8K test questions of the first ``limit`` templates. A template
+    whose conditions fail is logged and left out (its other instances too, so instance sets stay whole)."""
+    if dataset not in DATASETS:
+        raise DataError(f"unknown GSM-Symbolic dataset {dataset!r} (known: {', '.join(DATASETS)})")
+    if split != "test":
+        raise DataError(f"dataset {dataset!r} has no split {split!r} (available: test)")
+    if instances is not None and instances < 1:
+        raise DataError(f"{dataset}: instances must be >= 1, got {instances}")
+    variant = DATASETS[dataset]
+    try:
+        templates = load_templates(variant or "symbolic", data_dir)[:limit]
+    except TemplateError as err:
+        raise DataError(str(err)) from None
+    source = str(resolve_data_file(f"gsm_symbolic/templates/{variant or 'symbolic'}/0000.json", data_dir).parent)
+    if variant is None:
+        if instances is not None:
+            raise DataError(f"{dataset}: the original questions take no 'instances'")
+        return [Question(question_id(dataset, t), dataset, t.original_question.strip(), t.original_answer, source=source)
+                for t in templates]
+    count = DEFAULT_INSTANCES if instances is None else instances
+    generation = generate(templates, count, seed, max_draws)
+    for template_id, why in generation.failures.items():
+        log.warning("%s: left out: %s", dataset, why)
+    failed = set(generation.failures)
+    by_id = {t.id: t for t in templates}
+    return [
+        Question(question_id(dataset, by_id[i.template_id], i.index), dataset, i.question, i.answer or str(i.answer_value), source=source)
+        for i in generation.instances
+        if i.template_id not in failed
+    ]

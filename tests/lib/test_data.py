@@ -61,8 +61,10 @@ def _write_jsonl(path: Path, rows: list[dict]) -> Path:
 
 
 def test_registry_lists_every_shared_dataset_and_split():
-    """The registry covers exactly the datasets and splits of the README table."""
-    assert dataset_names() == sorted({name for name, _, _ in ROW_COUNTS})
+    """The registry covers exactly the datasets and splits of the README table (plus the generated GSM-Symbolic sets)."""
+    from lib.gsm_symbolic import DATASETS as GSM_SYMBOLIC
+
+    assert dataset_names() == sorted({name for name, _, _ in ROW_COUNTS} | set(GSM_SYMBOLIC))
     assert sorted((n, s) for n, spec in DATASETS.items() for s in spec.files) == sorted(
         (n, s) for n, s, _ in ROW_COUNTS
     )

@@ -8,7 +8,7 @@ from fractions import Fraction
 
 import pytest
 
-from lib.data import SHARED_DATA_DIR, load_dataset
+from lib.data import DataError, load_dataset
 from lib.gsm_symbolic import (
     SLOT,
     VARIANTS,
@@ -23,6 +23,7 @@ from lib.gsm_symbolic import (
     generate,
     load_templates,
     parse_expression,
+    parse_question_id,
     parse_template,
     quantity,
     render_question,
@@ -36,7 +37,7 @@ NUM_INSTANCES = 5  # per template in the generation checks below (seed 0)
 
 @pytest.fixture(scope="module")
 def templates() -> dict[str, list]:
-    return {variant: load_templates(variant, SHARED_DATA_DIR) for variant in VARIANTS}
+    return {variant: load_templates(variant) for variant in VARIANTS}
 
 
 @pytest.fixture(scope="module")
@@ -103,9 +104,9 @@ def test_generated_instances_meet_conditions_with_exact_answers(templates, gener
     from its #init population, fills every slot, and has an integer answer wherever the reference
     had one (GSM8K's answer for symbolic; the answer at defaults for p1/p2). The exceptions are
     pinned: p1/0078 meets its conditions in no draw, p1/0006's `1.0/frac` gives one repeating
-    decimal, p2/0000's conditions let 3 of 5 answers be halves."""
+    decimal, p2/0000's conditions let 2 of 5 answers be halves."""
     expected_failures = {"symbolic": [], "p1": ["p1/0078"], "p2": []}
-    expected_non_integer = {"symbolic": {}, "p1": {"p1/0006": 1}, "p2": {"p2/0000": 3}}
+    expected_non_integer = {"symbolic": {}, "p1": {"p1/0006": 1}, "p2": {"p2/0000": 2}}
     for variant, group in templates.items():
         by_id = {t.id: t for t in group}
         generation = generations[variant]
@@ -188,3 +189,32 @@ def test_fraction_vocabularies_hold_values_not_just_words():
     """A vocabulary word carries its value (the juggler's "half" of the balls is n * 1/2)."""
     assert [w.value for w in VOCABULARIES["fraction_nums"][:4]] == [Fraction(1, 2), Fraction(1, 3), Fraction(1, 4), Fraction(1, 5)]
     assert all(isinstance(w, Word) and w.value == quantity(w.text) for w in VOCABULARIES["multi_times"])
+
+
+def test_gsm_symbolic_datasets_record_template_instance_and_gsm8k_id():
+    """``load_dataset("gsm_symbolic", instances=2, limit=3)``: 2 instances of each of the first 3
+    templates, in template order; each id names the template, the original GSM8K test row and the
+    instance; ``gsm_symbolic_original`` holds those GSM8K rows; the seed reproduces the questions."""
+    questions = load_dataset("gsm_symbolic", limit=3, instances=2, seed=7)
+    refs = [parse_question_id(q.id) for q in questions]
+    assert [(r.template, r.id_orig, r.instance) for r in refs] == [
+        ("0000", 473, 0), ("0000", 473, 1), ("0001", 103, 0), ("0001", 103, 1), ("0002", 184, 0), ("0002", 184, 1)]
+    assert questions == load_dataset("gsm_symbolic", limit=3, instances=2, seed=7)
+    assert questions != load_dataset("gsm_symbolic", limit=3, instances=2, seed=8)
+    gsm8k = load_dataset("gsm8k")
+    originals = load_dataset("gsm_symbolic_original")
+    assert len(originals) == 100
+    for q in originals:
+        row = gsm8k[parse_question_id(q.id).id_orig]
+        assert (q.question, q.answer) == (row.question, row.answer)
+    p2 = load_dataset("gsm_symbolic_p2", limit=2)
+    assert [q.id for q in p2] == ["gsm_symbolic_p2/0000/gsm8k-test-473/0", "gsm_symbolic_p2/0001/gsm8k-test-103/0"]
+    assert parse_question_id("gsm8k/test/473") is None
+
+
+def test_instances_option_is_refused_where_it_means_nothing():
+    """``instances`` on a file dataset or on the original questions is a DataError, not ignored."""
+    with pytest.raises(DataError, match="instances applies to the generated GSM-Symbolic datasets"):
+        load_dataset("gsm8k", instances=2)
+    with pytest.raises(DataError, match="take no 'instances'"):
+        load_dataset("gsm_symbolic_original", instances=2)
