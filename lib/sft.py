@@ -146,11 +146,12 @@ def collate_padded(examples: list[Example], pad_id: int) -> dict[str, Any]:
 
 def token_loss_sum(model: Any, batch: dict[str, Any]):
     """The sum of next-token cross-entropy over the label tokens of one micro-batch (a tensor on the
-    model's device: no host sync)."""
+    model's device: no host sync). No KV cache: training needs none, and with one transformers would not
+    derive a varlen row's per-example mask from its position_ids."""
     import torch.nn.functional as F
 
     inputs = {k: v for k, v in batch.items() if k != "labels"}
-    logits = model(**inputs).logits
+    logits = model(**inputs, use_cache=False).logits
     length = logits.size(1)
     logits = logits.narrow(1, 0, length - 1).float()  # narrow, not [:, :-1]: see tests/lib/test_train_loop_fake_cuda.py
     targets = batch["labels"].narrow(1, 1, length - 1)
@@ -166,7 +167,7 @@ def per_example_losses(model: Any, examples: list[Example], packed: bool, pad_id
     with torch.no_grad():
         if packed:
             batch = collate_packed(examples, varlen)
-            logits = model(**{k: v for k, v in batch.items() if k != "labels"}).logits[0].float()
+            logits = model(**{k: v for k, v in batch.items() if k != "labels"}, use_cache=False).logits[0].float()
             out, start = [], 0
             for ex in examples:
                 end = start + len(ex)

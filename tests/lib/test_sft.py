@@ -71,3 +71,46 @@ def test_packed_loss_equals_unpacked_loss_per_example(tokenizer):
     padded = per_example_losses(model, examples, packed=False, pad_id=tokenizer.pad_token_id or 0)
     assert packed == pytest.approx(padded, abs=1e-5)
     assert len(set(round(x, 3) for x in packed)) == 3  # three different examples, three different losses
+
+
+def test_varlen_packed_row_has_no_mask_and_flash_attention_boundaries():
+    """The GPU path (flash-attention 2): no attention_mask, positions restarting per example, cu_seq_lens at
+    the example boundaries (int32) and the longest example as max_length; nothing of size L x L."""
+    batch = collate_packed([Example([11, 12, 13], [IGNORE, 12, 13]), Example([21, 22], [21, 22])], varlen=True)
+    assert set(batch) == {"input_ids", "labels", "position_ids", "cu_seq_lens_q", "cu_seq_lens_k", "max_length_q",
+                          "max_length_k"}
+    assert batch["position_ids"].tolist() == [[0, 1, 2, 0, 1]]
+    assert batch["cu_seq_lens_q"].tolist() == batch["cu_seq_lens_k"].tolist() == [0, 3, 5]
+    assert batch["cu_seq_lens_q"].dtype == torch.int32
+    assert batch["max_length_q"] == batch["max_length_k"] == 3
+
+
+def test_varlen_micro_batches_of_a_long_pack_build_no_quadratic_tensor():
+    """A 4,000-token pack: every tensor of the varlen micro-batch has O(L) elements (the mask path's has L^2)."""
+    from lib.train_loop import StepSettings, micro_batches
+
+    examples = [Example(list(range(1000)), [IGNORE] * 10 + list(range(10, 1000))) for _ in range(4)]
+    varlen, = micro_batches(examples, [0, 1, 2, 3], StepSettings(micro_batch_tokens=4000, varlen=True), 0)
+    masked, = micro_batches(examples, [0, 1, 2, 3], StepSettings(micro_batch_tokens=4000), 0)
+    assert max(t.numel() for t in varlen.tensors.values() if isinstance(t, torch.Tensor)) == 4000
+    assert masked.tensors["attention_mask"].numel() == 4000 * 4000
+    assert varlen.num_label_tokens == masked.num_label_tokens == 4 * 990
+
+
+def test_varlen_row_gives_each_example_its_unpacked_loss(tokenizer):
+    """The varlen row's position_ids alone separate the examples: transformers derives the per-example
+    causal mask from them (SDPA on CPU; flash-attention uses cu_seq_lens on GPUs), so each example's loss
+    equals its loss in a padded batch."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    torch.manual_seed(0)
+    config = LlamaConfig(vocab_size=len(tokenizer), hidden_size=128, intermediate_size=256, num_hidden_layers=2,
+                         num_attention_heads=2, num_key_value_heads=2, max_position_embeddings=512)
+    config._attn_implementation = "sdpa"
+    model = LlamaForCausalLM(config).eval()
+    examples = [tokenize_example(tokenizer, f"What is {i} + {i}?", f"{i} + {i} = {2 * i}. \\boxed{{{2 * i}}}", "boxed")
+                for i in (3, 17, 256)]
+    varlen = per_example_losses(model, examples, packed=True, varlen=True)
+    padded = per_example_losses(model, examples, packed=False, pad_id=tokenizer.pad_token_id or 0)
+    assert varlen == pytest.approx(padded, abs=1e-5)
+    assert len(set(round(x, 3) for x in varlen)) == 3

@@ -79,7 +79,7 @@ class TinyCausalLM(torch.nn.Module):
         self.model.layers = torch.nn.ModuleList(torch.nn.Linear(hidden, hidden) for _ in range(2))
         self.head = torch.nn.Linear(hidden, vocab)
 
-    def forward(self, input_ids, attention_mask=None, position_ids=None):
+    def forward(self, input_ids, attention_mask=None, position_ids=None, use_cache=False):
         h = self.embed(input_ids)
         if position_ids is not None:
             h = h + self.position(position_ids)
