@@ -41,6 +41,7 @@ from lib.progress import Progress, setup_logging
 from lib.prompts import get_prompt
 from lib.report import compute_metrics, estimator_notes, plot_passk, summary_table, write_metrics_json, write_summary_md
 from lib.output_dir import disk_full, hold_output_dir, prepare_output_dir
+from lib.symbolic_report import write_report as write_symbolic_report
 from lib.sample_store import GradeAndStore, SampleStore, plan_requests
 from lib.sampling import EngineConfig
 
@@ -332,7 +333,8 @@ def run_metrics(config: EvaluateConfig, questions: list, output_dir: Path) -> tu
     log.info("wrote %s, summary.md, passk.png", output_dir / "metrics.json")
     if total and errors / total > config.max_error_fraction:
         raise RuntimeError(f"{errors} of {total} samples ended in status error (> max_error_fraction {config.max_error_fraction})")
-    return metrics, f"\n{header}\n\n{summary_table(metrics)}"
+    symbolic = write_symbolic_report(output_dir, config.samples_per_question, seed=config.seed)  # None without GSM-Symbolic
+    return metrics, f"\n{header}\n\n{summary_table(metrics)}" + (f"\n\n{symbolic['markdown']}" if symbolic else "")
 
 
 def main(argv: list[str] | None = None) -> dict | None:
