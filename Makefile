@@ -10,7 +10,7 @@ export TRANSFORMERS_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
 export RAY_ENABLE_UV_RUN_RUNTIME_ENV := 0
 
-.PHONY: install demo serve test test-fast bench clean
+.PHONY: install demo serve test test-fast test-gpu bench clean
 
 install: $(STAMP)
 	@$(PY) -m lib.models
@@ -39,6 +39,11 @@ test: install
 
 test-fast: install
 	$(PY) -m pytest -m "not slow"
+
+# On a CUDA machine with the `gpu` extra (upstream vLLM) installed instead of `cpu`: one SFT step per
+# strategy, one vLLM sample, one Serve request (tests/gpu/; skipped without CUDA).
+test-gpu:
+	$(PY) -m pytest -m gpu tests/gpu
 
 bench: install
 	$(PY) -m jobs.bench_sampling

@@ -129,3 +129,17 @@ def test_recorded_raw_prompt_drives_the_chat_route(tiny_base_model, tmp_path):
         chat_prompt_ids([{"role": "system", "content": "x"}, {"role": "user", "content": "y"}], tokenizer, template)
     with pytest.raises(ValueError, match="has no chat template and no recorded prompt; use /v1/completions"):
         chat_prompt_ids([{"role": "user", "content": "y"}], tokenizer, None)
+
+
+def test_serve_adds_the_recorded_raw_prompts_stop_strings_to_chat_only(tiny_base_model):
+    """xwin's "USER:" ends a chat completion (the model would otherwise write the next turn); completions
+    keep exactly the request's stop strings; a model without a recorded prompt adds nothing."""
+    from serve.model import ModelServer
+
+    stop_strings = ModelServer.func_or_class.stop_strings
+    server = SimpleNamespace(template=get_prompt("xwin"))
+    chat = {"messages": [{"role": "user", "content": "q"}]}
+    assert stop_strings(server, {**chat, "stop": "END"}) == ["END", "USER:"]
+    assert stop_strings(server, {**chat, "stop": ["USER:"]}) == ["USER:"]
+    assert stop_strings(server, {"prompt": "q", "stop": None}) is None
+    assert stop_strings(SimpleNamespace(template=None), {**chat, "stop": ["END"]}) == ["END"]
