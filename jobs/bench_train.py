@@ -8,6 +8,8 @@
     DeepSpeed ZeRO-3: tokens/s per step (mean over steps after the first) and the ratio.
 
 Run: python -m jobs.bench_train [--examples 64 --batch 16 --steps 4 --tokens 2048]
+     python -m jobs.bench_train --device cuda:0 [--model DIR --attn flash_attention_2]: part (1) only, one process
+     on one GPU (no Ray: torch alone), bf16 compute; adds peak GPU memory.
 """
 
 from __future__ import annotations
@@ -27,11 +29,12 @@ def bench_packing(args) -> dict[str, dict[str, float]]:
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     from lib.models import resolve_model
-    from lib.sft import tokenize_example
+    from lib.sft import tokenize_example, uses_varlen
     from lib.sft_data import load_pairs
     from lib.train_loop import SFTTrainer, StepSettings, iter_steps, micro_batches
 
-    path = resolve_model("default")
+    path = resolve_model(args.model)
+    device = torch.device(args.device)
     tokenizer = AutoTokenizer.from_pretrained(path)
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
     examples = [tokenize_example(tokenizer, q, s, "boxed", 1024) for _, q, s in load_pairs("gsm8k", limit=args.examples)]
@@ -40,10 +43,13 @@ def bench_packing(args) -> dict[str, dict[str, float]]:
     out = {}
     for packing in (True, False):
         torch.manual_seed(0)
-        model = AutoModelForCausalLM.from_pretrained(path, torch_dtype=torch.float32, attn_implementation="sdpa")
+        model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32, attn_implementation=args.attn,
+                                                     device_map={"": device})
         s = StepSettings(lr=1e-5, total_steps=args.steps, global_batch_size=args.batch, micro_batch_tokens=args.tokens,
-                         packing=packing)
-        trainer = SFTTrainer(model, s)
+                         packing=packing, varlen=packing and uses_varlen(args.attn))
+        trainer = SFTTrainer(model, s, mixed_precision=device.type == "cuda", device=device)
+        if device.type == "cuda":
+            torch.cuda.reset_peak_memory_stats(device)
         useful = processed = 0
         start = time.perf_counter()
         for _, _, batch in list(iter_steps(len(examples), s, epochs=100))[: args.steps]:
@@ -52,8 +58,11 @@ def bench_packing(args) -> dict[str, dict[str, float]]:
             _, _, done = trainer.train_step(batches, pad)
             processed += done
         wall = time.perf_counter() - start
-        out["packing" if packing else "padding"] = {"tokens_per_s": useful / wall, "padding_share": 1 - useful / processed,
-                                                     "seconds": wall, "micro_batches_tokens": processed}
+        out["packing" if packing else "padding"] = {
+            "tokens_per_s": useful / wall, "padding_share": 1 - useful / processed, "seconds": wall,
+            "micro_batches_tokens": processed,
+            "peak_memory_gib": torch.cuda.max_memory_allocated(device) / 2**30 if device.type == "cuda" else None}
+        del trainer, model
     return out
 
 
@@ -78,9 +87,17 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=16)
     parser.add_argument("--steps", type=int, default=4)
     parser.add_argument("--tokens", type=int, default=2048)
+    parser.add_argument("--device", default="cpu", help="cpu, or cuda:N: part (1) alone on that GPU")
+    parser.add_argument("--model", default="default", help="lib.models model (default: the embedded SmolLM2)")
+    parser.add_argument("--attn", default="sdpa", help="attn_implementation (flash_attention_2: varlen packing)")
     args = parser.parse_args()
     setup_logging()
     packing = bench_packing(args)
+    if args.device != "cpu":
+        for mode, r in packing.items():
+            print(f"{mode:8s} on {args.device}: {r['tokens_per_s']:.0f} useful tokens/s, peak memory "
+                  f"{r['peak_memory_gib']:.2f} GiB, padding {100 * r['padding_share']:.1f}%")
+        return
     strategies = bench_strategies(args)
     print(f"\nSFT benchmark: default model (SmolLM2-135M, fp32, CPU), {args.steps} steps x {args.batch} GSM8K examples, "
           f"micro-batches <= {args.tokens} tokens")
