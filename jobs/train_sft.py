@@ -245,6 +245,12 @@ def plan(config: TrainSFTConfig, num_examples: int | None = None) -> list:
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     config = job_config(TrainSFTConfig, argv, __doc__, "e.g. max_steps=4", plan=plan)
+    try:  # data that cannot be found stops the job before any work, naming every place it looked
+        from lib.sft_data import load_pairs
+
+        load_pairs(config.data.source, config.data.split, config.data.columns, limit=1)
+    except DataError as exc:
+        raise ConfigError(f"data: {exc}") from None
     check_config(config)
     output_dir = Path(config.output_dir).resolve()
     output_dir.mkdir(parents=True, exist_ok=True)

@@ -26,6 +26,8 @@ def load_pairs(source: str, split: str = "train", columns: dict[str, str] | None
     directory (its ``data/*.parquet``), or a JSONL/Parquet file (``columns`` maps question/solution/id)."""
     if source in ("gsm8k", "math"):
         spec = DATASETS[source]
+        if split not in spec.files:
+            raise DataError(f"dataset {source!r} has no split {split!r} (available: {', '.join(sorted(spec.files))})")
         path = resolve_data_file(spec.files[split])
         rows = _read_rows(path, [], limit)
         out = []
