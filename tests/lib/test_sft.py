@@ -56,17 +56,22 @@ def test_collate_packed_is_block_diagonal_with_restarting_positions():
     assert mask == [[1, 0, 0, 0, 0], [1, 1, 0, 0, 0], [1, 1, 1, 0, 0], [0, 0, 0, 1, 0], [0, 0, 0, 1, 1]]
 
 
-def test_packed_loss_equals_unpacked_loss_per_example(tokenizer):
-    """A random 2-layer Llama: each example's loss from one packed row equals its loss in a padded batch."""
+def random_llama_and_examples(tokenizer):
+    """A random 2-layer Llama (SDPA) and three tokenized examples of different lengths."""
     from transformers import LlamaConfig, LlamaForCausalLM
 
     torch.manual_seed(0)
     config = LlamaConfig(vocab_size=len(tokenizer), hidden_size=128, intermediate_size=256, num_hidden_layers=2,
                          num_attention_heads=2, num_key_value_heads=2, max_position_embeddings=512)
     config._attn_implementation = "sdpa"
-    model = LlamaForCausalLM(config).eval()
     examples = [tokenize_example(tokenizer, f"What is {i} + {i}?", f"{i} + {i} = {2 * i}. \\boxed{{{2 * i}}}", "boxed")
                 for i in (3, 17, 256)]
+    return LlamaForCausalLM(config).eval(), examples
+
+
+def test_packed_loss_equals_unpacked_loss_per_example(tokenizer):
+    """A random 2-layer Llama: each example's loss from one packed row equals its loss in a padded batch."""
+    model, examples = random_llama_and_examples(tokenizer)
     packed = per_example_losses(model, examples, packed=True)
     padded = per_example_losses(model, examples, packed=False, pad_id=tokenizer.pad_token_id or 0)
     assert packed == pytest.approx(padded, abs=1e-5)
@@ -101,15 +106,7 @@ def test_varlen_row_gives_each_example_its_unpacked_loss(tokenizer):
     """The varlen row's position_ids alone separate the examples: transformers derives the per-example
     causal mask from them (SDPA on CPU; flash-attention uses cu_seq_lens on GPUs), so each example's loss
     equals its loss in a padded batch."""
-    from transformers import LlamaConfig, LlamaForCausalLM
-
-    torch.manual_seed(0)
-    config = LlamaConfig(vocab_size=len(tokenizer), hidden_size=128, intermediate_size=256, num_hidden_layers=2,
-                         num_attention_heads=2, num_key_value_heads=2, max_position_embeddings=512)
-    config._attn_implementation = "sdpa"
-    model = LlamaForCausalLM(config).eval()
-    examples = [tokenize_example(tokenizer, f"What is {i} + {i}?", f"{i} + {i} = {2 * i}. \\boxed{{{2 * i}}}", "boxed")
-                for i in (3, 17, 256)]
+    model, examples = random_llama_and_examples(tokenizer)
     varlen = per_example_losses(model, examples, packed=True, varlen=True)
     padded = per_example_losses(model, examples, packed=False, pad_id=tokenizer.pad_token_id or 0)
     assert varlen == pytest.approx(padded, abs=1e-5)
