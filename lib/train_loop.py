@@ -124,7 +124,7 @@ class SFTTrainer:
     ``ray.train.torch.get_device()`` under Ray, ``cuda:N`` under torchrun or alone on a GPU, ``cpu`` for
     gloo). ``train_step(micro_batches)`` runs one optimizer step and returns (global mean token loss,
     label tokens, tokens processed): model, inputs, labels and every reduced tensor are on ``device``;
-    the step reads the device twice (the plan's counts and the step's totals)."""
+    the step reads the device three times (label tokens, micro-batch count, the step's totals)."""
 
     def __init__(self, model: Any, settings: StepSettings, strategy: str = "none", deepspeed_config: dict | None = None,
                  activation_checkpointing: bool = False, mixed_precision: bool = False, device: Any = "cpu"):

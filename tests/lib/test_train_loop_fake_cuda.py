@@ -13,8 +13,8 @@ device (where autograd puts it); clipping and the optimizer then run on those gr
 
 Collectives: a 1-process group on torch's ``fake`` test backend (gloo refuses fake tensors), whose
 ``all_reduce`` is wrapped to refuse, as NCCL does, a tensor that is not on CUDA. Fake tensors have no
-values, so the step's two host reads (``train_loop.host_values``) return ones after checking the tensor
-is on the device.
+values, so the step's host reads (``train_loop.host_values``) return ones after checking the tensor is
+on the device.
 
 What this cannot cover: numbers, CUDA kernels, NCCL itself, autograd (see above; the gloo tests in
 ``tests/jobs/test_train_sft.py`` run the real backward); FSDP2's ``fully_shard`` (it asks
