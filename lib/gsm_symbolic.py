@@ -879,3 +879,49 @@ def load_questions(
         for i in generation.instances
         if i.template_id not in failed
     ]
+
+
+def reference_answer(template: Template) -> str | None:
+    """What an instance's answer is held to: GSM8K's answer for ``symbolic``; for p1/p2 (whose extra
+    clauses change the answer) the template's own answer at its defaults, None where that fails."""
+    return template.original_answer if template.variant == "symbolic" else answer_text_at_defaults(template)
+
+
+def main(argv: list[str] | None = None) -> None:
+    """``python -m lib.gsm_symbolic --instances 50``: generate every variant and print, per variant, the
+    templates whose defaults miss the GSM8K answer, the templates left out, and non-integer answers."""
+    import argparse
+    import time
+
+    parser = argparse.ArgumentParser(description=main.__doc__)
+    parser.add_argument("--instances", type=int, default=50)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--data-dir", default=None)
+    args = parser.parse_args(argv)
+    for variant in VARIANTS:
+        templates = load_templates(variant, args.data_dir)
+        start = time.monotonic()
+        generation = generate(templates, args.instances, args.seed)
+        seconds = time.monotonic() - start
+        by_id = {t.id: t for t in templates}
+        misses = [t.id for t in templates if variant == "symbolic" and reference_answer(t) != answer_text_at_defaults(t)]
+        odd: dict[str, int] = {}
+        for instance in generation.instances:
+            ref = reference_answer(by_id[instance.template_id])
+            if ref is not None and "." not in ref and (instance.answer is None or "." in instance.answer):
+                odd[instance.template_id] = odd.get(instance.template_id, 0) + 1
+        print(f"{variant}: {len(templates)} templates, {len(generation.instances)} instances in {seconds:.1f} s; "
+              f"defaults != GSM8K answer: {misses or 'none'}; left out: {sorted(generation.failures) or 'none'}; "
+              f"non-integer answers where the reference is an integer: {odd or 'none'}")
+
+
+def answer_text_at_defaults(template: Template) -> str | None:
+    """The template's #answer at its defaults as text (None when it cannot be evaluated)."""
+    try:
+        return answer_text(evaluate_answer(template, default_values(template)))
+    except (TemplateError, ArithmeticError, TypeError, ValueError):
+        return None
+
+
+if __name__ == "__main__":
+    main()

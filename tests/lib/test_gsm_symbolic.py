@@ -16,6 +16,7 @@ from lib.gsm_symbolic import (
     TemplateError,
     Word,
     answer_text,
+    answer_text_at_defaults,
     conditions_hold,
     default_values,
     evaluate,
@@ -26,6 +27,7 @@ from lib.gsm_symbolic import (
     parse_question_id,
     parse_template,
     quantity,
+    reference_answer,
     render_question,
 )
 
@@ -45,13 +47,6 @@ def generations(templates) -> dict:
     return {variant: generate(templates[variant], NUM_INSTANCES, seed=0) for variant in VARIANTS}
 
 
-def _answer_at_defaults(template) -> str | None:
-    try:
-        return answer_text(evaluate_answer(template, default_values(template)))
-    except (TemplateError, ArithmeticError):
-        return None
-
-
 def test_all_templates_parse_with_our_vocabularies(templates):
     """Every published template parses and every vocabulary it names exists (100 + 100 + 50)."""
     assert {v: len(t) for v, t in templates.items()} == {"symbolic": 100, "p1": 100, "p2": 50}
@@ -69,7 +64,7 @@ def test_symbolic_answer_at_defaults_is_the_gsm8k_answer(templates):
     """With every variable at its default (vocabulary words read as their values: "half" = 1/2),
     #answer gives the original GSM8K answer for 99 of 100 symbolic templates; the one the data
     README names as wrong gives its known wrong value."""
-    got = {t.id: (_answer_at_defaults(t), t.original_answer) for t in templates["symbolic"]}
+    got = {t.id: (answer_text_at_defaults(t), t.original_answer) for t in templates["symbolic"]}
     wrong = {tid: pair for tid, pair in got.items() if pair[0] != pair[1]}
     assert wrong == KNOWN_WRONG
 
@@ -79,7 +74,7 @@ def test_p1_p2_defaults_mostly_differ_from_gsm8k(templates):
     (9 of 100 p1, 3 of 50 p2); p1/0050 (a variable with no default) and p2/0036 (division by zero)
     cannot be evaluated at defaults."""
     for variant, same, unevaluable in (("p1", 9, ["p1/0050"]), ("p2", 3, ["p2/0036"])):
-        answers = {t.id: _answer_at_defaults(t) for t in templates[variant]}
+        answers = {t.id: answer_text_at_defaults(t) for t in templates[variant]}
         assert sum(answers[t.id] == t.original_answer for t in templates[variant]) == same
         assert [tid for tid, a in answers.items() if a is None] == unevaluable
 
@@ -121,7 +116,7 @@ def test_generated_instances_meet_conditions_with_exact_answers(templates, gener
                     assert instance.values[name] in line.population, (instance.template_id, name)
             assert "{" not in instance.question and "}" not in instance.question
             assert instance.answer == answer_text(evaluate_answer(template, instance.values))
-            reference = template.original_answer if variant == "symbolic" else _answer_at_defaults(template)
+            reference = reference_answer(template)
             if reference is not None and "." not in reference and (instance.answer is None or "." in instance.answer):
                 non_integer[instance.template_id] += 1
         assert dict(non_integer) == expected_non_integer[variant]
