@@ -76,7 +76,7 @@ def test_1024_samples_extend_rerun_regrade(ray_cluster, tiny_model, tmp_path, ca
     assert set(samples.column("status").to_pylist()) <= set(STATUSES)
     assert max(samples.column("num_tokens").to_pylist()) <= 4
 
-    metrics_after, _ = run(tiny_model, out, "limit=2", "samples_per_question=1024", "stage=grade")
+    metrics_after, _ = run(tiny_model, out, "limit=2", "samples_per_question=1024", "max_tokens=4", "stage=grade")
     assert raw_rows(out) == 2048 and raw_rows(out, "greedy") == 2
     assert metrics_after["gsm8k"]["status_counts"] == entry["status_counts"]
     assert not (out / ".regrade").exists()
