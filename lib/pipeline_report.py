@@ -53,6 +53,7 @@ def collect(run_dir: Path) -> dict[str, Any]:
         directory = run_dir / run["dir"]
         run["metrics"] = _json(directory / "metrics.json")
         run["errors"] = _json(directory / "error_analysis" / "result.json")
+        run["symbolic"] = _json(directory / "symbolic_report.json")  # GSM-Symbolic datasets in evaluate.datasets
         if run["source"] != "base":
             train = _json(run_dir / "sft" / run["name"] / "summary.json") or {}
             log = run_dir / "sft" / run["name"] / "metrics.jsonl"
@@ -302,6 +303,13 @@ def render_markdown(data: dict, figures: dict[str, str]) -> str:
             "label, scaled from the judged share of incorrect samples.", "", error_table(runs)]
     if "errors" in figures:
         out += [f"![error rates]({figures['errors']})", ""]
+    if any(r.get("symbolic") for r in runs):
+        from lib.symbolic_report import gap_table
+
+        out += ["## GSM-Symbolic: original vs perturbed questions", "",
+                "Does SFT on synthetic data change the gap between the original GSM8K questions and fresh instances "
+                "of their templates? Drop = original minus instance mean per template, averaged over templates.", "",
+                gap_table(runs)]
     out += ["## SFT runs", "", train_table(runs), "## Synthetic data", "", _card_section(data["data_card"], data["subsets"]), "",
             "## The paper's numbers (reported, not measured here)", "",
             "From Li et al., *Common 7B Language Models Already Possess Strong Math Capabilities* (arXiv 2403.04706), "

@@ -117,6 +117,20 @@ def render_markdown(report: dict[str, dict[str, dict[str, Any]]], title: str = "
     return "\n".join(lines)
 
 
+def gap_table(runs: list[dict[str, Any]]) -> str:
+    """The pipeline report's section: per run (base, each SFT checkpoint; ``run["symbolic"]`` is its
+    symbolic_report.json) and variant, original vs instance-set accuracy and the drop, per metric."""
+    lines = ["| run | metric | variant | templates x sets | original % | sets mean % | drop (pp) [95% CI] |",
+             "|---|---|---|---|---:|---:|---|"]
+    for run in runs:
+        for metric, variants in (run.get("symbolic") or {}).items():
+            for dataset, r in variants.items():
+                lo, hi = r["drop_ci95"]
+                lines.append(f"| {run['name']} | {metric} | {dataset} | {r['num_templates']} x {r['num_sets']} | {_pct(r['original'])} "
+                             f"| {_pct(r['sets_mean'])} | {_pct(r['drop'])} [{_pct(lo)}, {_pct(hi)}] |")
+    return "\n".join(lines) + "\n"
+
+
 def plot_histograms(path: Path, report: dict[str, dict[str, dict[str, Any]]]) -> None:
     """One panel per (metric, variant): histogram of instance-set accuracies, dashed line at the original."""
     from lib.pipeline_report import _plt, _save

@@ -74,3 +74,25 @@ def test_write_report_files_and_nothing_without_originals(tmp_path):
     _store(tmp_path / "b", no_originals, {q: [True] for q in no_originals})
     assert write_report(tmp_path / "b") is None
     assert not (tmp_path / "b" / "symbolic_report.json").exists()
+
+
+def test_pipeline_report_shows_the_gap_per_run(tmp_path):
+    """A pipeline run whose base evaluation holds a GSM-Symbolic report gets the gap section, one row
+    per (run, metric, variant) with the report's numbers; a run without one gets no such section."""
+    import shutil
+    from pathlib import Path
+
+    from lib.pipeline_report import collect, render_markdown
+
+    stored = Path(__file__).resolve().parents[1] / "data" / "pipeline_run"
+    assert "GSM-Symbolic" not in render_markdown(collect(stored), {})
+    run_dir = tmp_path / "run"
+    shutil.copytree(stored, run_dir)
+    _store(tmp_path / "eval", GREEDY, {q: [True, False] for q in GREEDY})
+    write_report(tmp_path / "eval")
+    shutil.copy(tmp_path / "eval" / "symbolic_report.json", run_dir / "base" / "symbolic_report.json")
+    markdown = render_markdown(collect(run_dir), {})
+    assert "## GSM-Symbolic: original vs perturbed questions" in markdown
+    assert "| base | greedy | gsm_symbolic | 3 x 2 | 66.7 | 50.0 | 16.7 [" in markdown
+    assert [line.split(" | ")[1] for line in markdown.splitlines() if line.startswith("| base | ") and "| gsm_symbolic |" in line] == [
+        "greedy", "pass@1", "pass@2"]
