@@ -9,9 +9,9 @@ A template (``../shared/data/gsm_symbolic/templates/{symbolic,p1,p2}/NNNN.json``
     #answer: int((k * y) / (x * 12) * 100)
 
 An instance draws every ``#init`` line, keeps the draw if all conditions hold, fills the slots and
-evaluates ``#answer``. Expressions are Python syntax evaluated by a small interpreter over an
-``ast`` whitelist (no ``eval``): arithmetic is exact (``/`` gives a ``Fraction``, float literals
-become decimal fractions), so ``is_int`` and the answer's "integer or exact decimal" test are exact.
+evaluates ``#answer``. Expressions are Python syntax run by ``lib.symbolic_expr`` (an ``ast``
+whitelist, no ``eval``) with exact arithmetic (``/`` gives a ``Fraction``, float literals become
+decimal fractions), so ``is_int`` and the answer's "integer or exact decimal" test are exact.
 
 ``#init`` semantics (the authors' generator is not published; this is ours):
 
@@ -25,8 +25,9 @@ become decimal fractions), so ``is_int`` and the answer's "integer or exact deci
 - a ``("word", value)`` pair and every vocabulary entry is a :class:`Word`: the question shows its
   text, expressions see its value (``w[0]`` and ``w[1]`` index text and value, as one template does).
 
-A template whose conditions no draw meets within ``max_draws`` is reported in
-:attr:`Generation.failures`, never looped on.
+A template whose conditions no draw meets within ``max_draws`` (per instance) is reported in
+:attr:`Generation.failures`, never looped on. ``python -m lib.gsm_symbolic --instances 50`` prints the
+checks per variant; :func:`load_questions` serves the evaluation datasets (:data:`DATASETS`).
 """
 
 from __future__ import annotations
