@@ -124,7 +124,7 @@ def test_prompt_filling_the_context_without_max_tokens_is_a_400():
     from serve.model import ModelServer
 
     args = ServeArgs(api_keys_env=None, allow_no_auth=True, limits={"max_prompt_tokens": 64})
-    fake = SimpleNamespace(args=args, max_model_len=32)
+    fake = SimpleNamespace(args=args, max_model_len=32, stop_strings=lambda request: None)
     params, err = ModelServer.func_or_class.sampling_params(fake, {"messages": []}, list(range(32)))
     assert params is None and err["error"]["status"] == 400 and "no room left" in err["error"]["message"]
     params, err = ModelServer.func_or_class.sampling_params(fake, {"messages": []}, list(range(31)))
