@@ -32,7 +32,7 @@ def test_checkpoint_names_follow_sources_and_made_sizes():
     ("sizes=[]", "key 'sizes'"),
     ("evaluate.output_dir=x", "evaluate.output_dir is set by the pipeline"),
     ("train.data.source=gsm8k", "train.data is set by the pipeline"),
-    ("train.prompt=plain", "train.prompt 'plain' != evaluate.prompt 'boxed'"),
+    ("train.prompt=xwin", "train.prompt 'xwin' != evaluate.prompt 'boxed'"),
     ("synthesize.teacher.base_url=http://x/v1", "serve_teacher starts the teacher"),
     ("sources=[fake]", "key 'sources.0'"),
     ("evaluate.limt=3", "key 'evaluate.limt': Extra inputs are not permitted"),
