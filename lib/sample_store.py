@@ -159,7 +159,7 @@ class SampleStore:
             return pa.schema([SCHEMA.field(c) for c in wanted]).empty_table()
         needed = list(dict.fromkeys([*wanted, "question_id", "sample_idx", "finish_reason"]))
         schema = pa.schema([SCHEMA.field(c) for c in needed])
-        table = pa.concat_tables(pq.read_table(p, columns=needed).select(needed).cast(schema) for p in parts)
+        table = pa.concat_tables(_read_part(p, needed).cast(schema) for p in parts)
         return _drop_duplicates(table).select(wanted)
 
     def existing(self, kind: str) -> dict[str, set[int]]:
@@ -196,6 +196,15 @@ class SampleStore:
         tmp.write_text(json.dumps(stored, indent=0, sort_keys=True))
         _fsync(tmp)
         os.replace(tmp, path)
+
+
+def _read_part(path: Path, columns: list[str]) -> pa.Table:
+    """``columns`` of one part; a part written without ``finish_reason`` (by hand, a tool) reads it as null."""
+    present = set(pq.read_schema(path).names)
+    table = pq.read_table(path, columns=[c for c in columns if c in present or c != "finish_reason"])
+    if "finish_reason" not in present:
+        table = table.append_column("finish_reason", pa.nulls(table.num_rows, pa.string()))
+    return table.select(columns)
 
 
 def _fsync(path: Path) -> None:
