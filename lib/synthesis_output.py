@@ -15,7 +15,7 @@ from pathlib import Path
 from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
-from lib.data import dataset_names, load_dataset
+from lib.data import DATASETS, load_dataset
 from lib.synthesis import (
     SOLUTION_PROMPT_NAME,
     VERIFY_PROMPT_NAME,
@@ -34,9 +34,10 @@ ROWS_PER_FILE = 100_000  # dataset rows per Parquet file
 
 
 def build_test_index(n: int = 13, datasets: list[str] | None = None) -> NgramIndex:
-    """Word n-grams of every test set in the data registry (or of ``datasets``)."""
+    """Word n-grams of every test set in the data registry (or of ``datasets``). The generated GSM-Symbolic
+    sets are left out by default: their templates are GSM8K test questions, which the index already holds."""
     index = NgramIndex(n)
-    for name in datasets or dataset_names():
+    for name in datasets or sorted(DATASETS):
         try:
             questions = load_dataset(name, split="test")
         except Exception as exc:  # a registry dataset without a test split or file

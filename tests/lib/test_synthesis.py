@@ -163,3 +163,11 @@ def test_data_card_counts_every_stage():
     assert card["removals"]["questions"] == {"low_agreement": 1, "question_rejected:has_answer": 1, "request_failed": 1}
     assert card["removals"]["solutions_format"] == {"no_boxed": 1}
     assert card["totals"]["requests"] == 4 and card["totals"]["cost"] == 1.0
+
+
+def test_default_decontamination_index_holds_every_test_set_on_disk_and_no_generated_set():
+    """The default index is the 17,703 test questions in ../shared/data; GSM-Symbolic instances are not
+    generated for it (their templates are GSM8K test questions, already indexed)."""
+    index = build_test_index()
+    assert len(index) == 17703
+    assert not [ref for ref in index.ids if ref.startswith("gsm_symbolic")]
