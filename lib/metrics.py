@@ -19,10 +19,11 @@ from __future__ import annotations
 
 import itertools
 import math
-from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import numpy as np
+
+from lib.selection import Samples, Votes, group_answers, group_ids, majority, rule, same_canonical, tied_top_groups
 
 MAJ_EXACT_LIMIT = 5_000
 MAJ_NUM_SUBSETS = 1_000
@@ -56,43 +57,45 @@ def k_values(n: int) -> list[int]:
     return ks
 
 
-def _group_ids(keys: Sequence[str | None], correct: Sequence[bool]) -> np.ndarray:
-    """Sample -> answer group: 0 for every correct sample, -1 for no answer, 1.. per distinct wrong key."""
+def _group_ids(keys: Sequence[str | None], correct: Sequence[bool],
+               equivalent: Callable[[str, str], bool] | None = None) -> np.ndarray:
+    """Sample -> answer group: 0 for every correct sample, -1 for no answer, 1.. per group of wrong keys.
+
+    Wrong keys are grouped by :func:`lib.selection.group_answers` on the keys themselves (canonical
+    strings): equal keys always share a group; different keys merge only when ``equivalent`` says so
+    (default: never, i.e. one group per distinct key, so no grader process is needed)."""
     if len(keys) != len(correct):
         raise ValueError(f"keys and correct differ in length: {len(keys)} vs {len(correct)}")
-    group_of: dict[str, int] = {}
-    ids = np.empty(len(keys), dtype=np.int64)
-    for i, (key, ok) in enumerate(zip(keys, correct)):
-        ids[i] = 0 if ok else -1 if key is None else group_of.setdefault(key, len(group_of) + 1)
+    wrong = [None if ok else key for key, ok in zip(keys, correct)]
+    ids = group_ids(group_answers(wrong, equivalent or same_canonical, canonical=str), len(keys)) + 1
+    ids[ids == 0] = -1
+    ids[np.asarray(correct, dtype=bool)] = 0
     return ids
 
 
-def _maj_exact(ids: np.ndarray, k: int) -> float:
-    scores = []
-    for subset in itertools.combinations(ids.tolist(), k):
-        votes = Counter(g for g in subset if g >= 0)
-        if not votes:
-            scores.append(0.0)
-            continue
-        top = max(votes.values())
-        tied = [g for g, v in votes.items() if v == top]
-        scores.append((0 in tied) / len(tied))
-    return float(np.mean(scores))
+def _subsets(n: int, k: int, permutations: np.ndarray | None) -> np.ndarray:
+    """All k-subsets (lexicographic) or, given random permutations, their first k columns."""
+    if permutations is None:
+        return np.array(list(itertools.combinations(range(n), k)), dtype=np.int64).reshape(-1, k)
+    return permutations[:, :k]
 
 
-def _maj_sampled(ids: np.ndarray, k: int, permutations: np.ndarray) -> float:
-    """Mean subset score over the first ``k`` columns of each row of ``permutations``."""
-    num_subsets = permutations.shape[0]
-    # column 0: no answer (shifted by one), 1: correct, 2..: wrong groups; the correct column exists even when
-    # no sample has an answer
-    num_groups = max(int(ids.max()), 0) + 2
-    shifted = ids[permutations[:, :k]] + 1
-    flat = (np.arange(num_subsets)[:, None] * num_groups + shifted).ravel()
-    votes = np.bincount(flat, minlength=num_subsets * num_groups).reshape(num_subsets, num_groups)[:, 1:]
-    top = votes.max(axis=1)
-    num_tied = (votes == top[:, None]).sum(axis=1)
-    scores = np.where((top > 0) & (votes[:, 0] == top), 1.0 / num_tied, 0.0)
-    return float(scores.mean())
+def _select_all(ids: np.ndarray, votes: Votes, ks: Sequence[int], num_subsets: int, seed: int) -> dict[int, float]:
+    """Mean over k-subsets (exact or sampled) of the expected correctness of the rule's tied top groups."""
+    n = len(ids)
+    for k in ks:
+        if not 1 <= k <= n:
+            raise ValueError(f"need 1 <= k <= n, got k={k}, n={n}")
+    permutations = None
+    out = {}
+    for k in ks:
+        exact = math.comb(n, k) <= MAJ_EXACT_LIMIT
+        if not exact and permutations is None:
+            permutations = np.random.default_rng(seed).random((num_subsets, n)).argsort(axis=1)
+        mask = tied_top_groups(ids, votes, _subsets(n, k, None if exact else permutations))
+        num_tied = mask.sum(axis=1)
+        out[k] = float(np.where(num_tied > 0, mask[:, 0] / np.maximum(num_tied, 1), 0.0).mean())
+    return out
 
 
 def maj_at_k_all(
@@ -102,28 +105,37 @@ def maj_at_k_all(
     *,
     num_subsets: int = MAJ_NUM_SUBSETS,
     seed: int = 0,
+    equivalent: Callable[[str, str], bool] | None = None,
 ) -> dict[int, float]:
     """maj@k for one question and every k in ``ks`` (see the module docstring for estimator and tie rule).
 
     ``keys[i]`` is sample i's answer group (None: no answer); ``correct[i]`` its verdict. All correct
-    samples form one group whatever their keys, since each is equivalent to the gold answer. Sampled
-    estimates share one set of random permutations: a permutation's first k entries are a uniform k-subset.
+    samples form one group whatever their keys, since each is equivalent to the gold answer; wrong keys
+    group as in :func:`_group_ids`. Sampled estimates share one set of random permutations: a
+    permutation's first k entries are a uniform k-subset. Equals ``select_at_k_all("majority", ...)``.
     """
-    ids = _group_ids(keys, correct)
-    n = len(ids)
-    for k in ks:
-        if not 1 <= k <= n:
-            raise ValueError(f"need 1 <= k <= n, got k={k}, n={n}")
-    permutations = None
-    out = {}
-    for k in ks:
-        if math.comb(n, k) <= MAJ_EXACT_LIMIT:
-            out[k] = _maj_exact(ids, k)
-            continue
-        if permutations is None:
-            permutations = np.random.default_rng(seed).random((num_subsets, n)).argsort(axis=1)
-        out[k] = _maj_sampled(ids, k, permutations)
-    return out
+    ids = _group_ids(keys, correct, equivalent)
+    return _select_all(ids, majority(Samples(list(keys))), ks, num_subsets, seed)
+
+
+def select_at_k_all(
+    rule_name: str,
+    keys: Sequence[str | None],
+    correct: Sequence[bool],
+    ks: Sequence[int],
+    *,
+    scores: Sequence[float | None] | None = None,
+    texts: Sequence[str] | None = None,
+    num_subsets: int = MAJ_NUM_SUBSETS,
+    seed: int = 0,
+    equivalent: Callable[[str, str], bool] | None = None,
+) -> dict[int, float]:
+    """select@k of selection rule ``rule_name`` (``lib.selection.RULES``) for one question and every k:
+    the expected accuracy of the rule applied to a uniformly random k-subset of the samples, with the
+    estimator (exact / seeded Monte Carlo, same subsets as maj@k) and tie rule of maj@k. The rule's votes
+    come from all n samples' ``scores`` / ``texts`` (each sample's votes do not depend on the subset)."""
+    ids = _group_ids(keys, correct, equivalent)
+    return _select_all(ids, rule(rule_name)(Samples(list(keys), scores, texts, seed)), ks, num_subsets, seed)
 
 
 def maj_at_k(keys: Sequence[str | None], correct: Sequence[bool], k: int, **kwargs) -> float:

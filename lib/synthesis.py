@@ -14,6 +14,7 @@ from dataclasses import dataclass
 
 from lib.data import Question
 from lib.extraction import extract_answer
+from lib.selection import group_answers, largest_first, select
 
 # ----------------------------------------------------------------------------------------------- prompts
 
@@ -161,25 +162,15 @@ class Vote:
 
 
 def vote(answers: list[str | None], equivalent: Callable[[str, str], bool], num_requested: int | None = None) -> Vote:
-    """Group equivalent answers (each compared with a group's first answer) and pick the largest group;
-    ties go to the group whose first member came first. ``agreement`` divides by ``num_requested``
-    (failed requests count as disagreeing), default ``len(answers)``."""
-    groups: list[list[int]] = []
-    for i, answer in enumerate(answers):
-        if answer is None:
-            continue
-        for group in groups:
-            rep = answers[group[0]]
-            if answer == rep or equivalent(answer, rep):
-                group.append(i)
-                break
-        else:
-            groups.append([i])
-    groups.sort(key=lambda g: (-len(g), g[0]))
+    """Group equivalent answers (:func:`lib.selection.group_answers`) and pick the largest group (the
+    ``majority`` rule of :func:`lib.selection.select`); ties go to the group whose first member came first.
+    ``agreement`` divides by ``num_requested`` (failed requests count as disagreeing), default ``len(answers)``."""
+    groups = largest_first(group_answers(answers, equivalent))
     total = num_requested if num_requested is not None else len(answers)
-    if not groups or total == 0:
+    chosen = select("majority", answers, groups=groups)
+    if chosen.index is None or total == 0:
         return Vote(None, 0, 0.0, groups)
-    return Vote(answers[groups[0][0]], len(groups[0]), len(groups[0]) / total, groups)
+    return Vote(answers[chosen.index], len(chosen.group), len(chosen.group) / total, groups)
 
 
 # ---------------------------------------------------------------------------------- dedup and n-grams
