@@ -193,3 +193,65 @@ def aggregate(per_question: Sequence[dict], greedy_correct: Sequence[bool] | Non
     out["pass_ratio"] = add("pass_ratio", [q["pass_ratio"] for q in per_question])
     out["ci95"] = ci
     return out
+
+
+# ------------------------------------------------------------------------------ adaptive sampling
+
+
+def first_success(correct: Sequence[bool]) -> int | None:
+    """Index (``sample_idx`` order) of the first correct sample; None when none is."""
+    return next((i for i, ok in enumerate(correct) if ok), None)
+
+
+def adaptive_num_drawn(first: int | None, n: int, chunk: int) -> int:
+    """Samples drawn for one question when sampling stops after the chunk (of ``chunk`` samples) holding
+    its first correct sample ``first`` (None: no success, all ``n`` drawn)."""
+    if chunk < 1 or n < 1:
+        raise ValueError(f"need chunk >= 1 and n >= 1, got chunk={chunk}, n={n}")
+    return n if first is None else min(n, (first // chunk + 1) * chunk)
+
+
+def adaptive_pass_at_k(
+    first: Sequence[int | None],
+    num_drawn: Sequence[int],
+    n: int,
+    *,
+    num_resamples: int = BOOTSTRAP_RESAMPLES,
+    confidence: float = 0.95,
+    seed: int = 0,
+) -> dict:
+    """pass@k for every k in 1..n from first-success prefixes of i.i.d. sample streams.
+
+    ``first[q]``: index of question q's first correct sample among its first ``num_drawn[q]`` samples (None:
+    none of them). With i.i.d. samples, ``1[first < k]`` ("a correct sample among the first k") is an
+    unbiased estimate of question q's pass@k for every ``k <= n``; a question with no success must have
+    all ``n`` drawn. Returns ``{"pass@k": {k: mean}, "ci95": {k: [lo, hi]}}`` (k as ints, 1..n) with a
+    percentile bootstrap CI over questions (seeded; one resampling shared by all k, as
+    :func:`bootstrap_ci` draws it). Less precise than the full estimator :func:`pass_at_k`, which averages
+    over all k-subsets of n samples, but it needs only the rows up to the first success.
+    """
+    if len(first) != len(num_drawn) or not first:
+        raise ValueError(f"need one num_drawn per question and >= 1 question, got {len(first)} and {len(num_drawn)}")
+    hit = np.empty(len(first), dtype=np.int64)  # k* - 1: the question counts for every k > hit
+    for q, (f, m) in enumerate(zip(first, num_drawn)):
+        if f is None:
+            if m != n:
+                raise ValueError(f"question {q}: no success among {m} drawn samples, but n={n} (draw all n)")
+            hit[q] = n
+        elif not 0 <= f < m <= n:
+            raise ValueError(f"question {q}: need 0 <= first < num_drawn <= n, got first={f}, num_drawn={m}, n={n}")
+        else:
+            hit[q] = f
+    num_questions = len(hit)
+
+    def curve(rows: np.ndarray) -> np.ndarray:  # (rows, n): fraction of questions with first < k, k = 1..n
+        flat = (rows + (n + 1) * np.arange(rows.shape[0])[:, None]).ravel()
+        counts = np.bincount(flat, minlength=rows.shape[0] * (n + 1)).reshape(rows.shape[0], n + 1)[:, :n]
+        return np.cumsum(counts, axis=1) / rows.shape[1]
+
+    mean = curve(hit[None, :])[0]
+    resampled = hit[np.random.default_rng(seed).integers(0, num_questions, size=(num_resamples, num_questions))]
+    alpha = (1.0 - confidence) / 2
+    lo, hi = np.quantile(curve(resampled), [alpha, 1.0 - alpha], axis=0)
+    return {"pass@k": {k: float(mean[k - 1]) for k in range(1, n + 1)},
+            "ci95": {k: [float(lo[k - 1]), float(hi[k - 1])] for k in range(1, n + 1)}}

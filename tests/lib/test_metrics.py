@@ -5,6 +5,7 @@ import math
 from collections import Counter
 from fractions import Fraction
 
+import numpy as np
 import pytest
 
 from lib import metrics
@@ -144,3 +145,54 @@ def test_maj_at_k_is_zero_when_no_sample_has_an_answer_on_both_estimator_paths()
 
     assert maj_at_k_all([None] * 4, [False] * 4, [1, 2, 4]) == {1: 0.0, 2: 0.0, 4: 0.0}
     assert maj_at_k_all([None] * 1000, [False] * 1000, [1, 512, 1000]) == {1: 0.0, 512: 0.0, 1000: 0.0}
+
+
+# ------------------------------------------------------------------------- adaptive sampling (issue 15)
+
+
+def test_adaptive_pass_at_k_hand_case():
+    """First successes at 0 and 2 and none (all 4 drawn): pass@1 = pass@2 = 1/3, pass@3 = pass@4 = 2/3; the
+    CI of k is the bootstrap CI of the per-question indicators 1[first < k]."""
+    from lib.metrics import adaptive_pass_at_k
+
+    out = adaptive_pass_at_k([0, 2, None], [1, 4, 4], 4, seed=5)
+    assert out["pass@k"] == pytest.approx({1: 1 / 3, 2: 1 / 3, 3: 2 / 3, 4: 2 / 3}, abs=1e-15)
+    assert out["ci95"][1] == pytest.approx(list(bootstrap_ci([1.0, 0.0, 0.0], seed=5)), abs=1e-12)
+    assert out["ci95"][3] == pytest.approx(list(bootstrap_ci([1.0, 1.0, 0.0], seed=5)), abs=1e-12)
+
+
+def test_adaptive_pass_at_k_refuses_prefixes_that_cannot_answer_every_k():
+    from lib.metrics import adaptive_pass_at_k
+
+    with pytest.raises(ValueError, match="question 1: no success among 2 drawn samples, but n=4"):
+        adaptive_pass_at_k([0, None], [1, 2], 4)
+    with pytest.raises(ValueError, match="question 0: need 0 <= first < num_drawn <= n, got first=3, num_drawn=3"):
+        adaptive_pass_at_k([3], [3], 4)
+
+
+def test_adaptive_num_drawn_stops_after_the_chunk_holding_the_first_success():
+    from lib.metrics import adaptive_num_drawn, first_success
+
+    assert first_success([False, False, True, True]) == 2 and first_success([False] * 3) is None
+    assert [adaptive_num_drawn(f, 64, 8) for f in (0, 7, 8, 63, None)] == [8, 8, 16, 64, 64]
+    assert adaptive_num_drawn(50, 60, 48) == 60  # the last chunk is cut at n
+
+
+def test_adaptive_estimate_from_first_success_prefixes_agrees_with_the_full_estimator():
+    """A synthetic full run (400 questions x 64 i.i.d. samples, a strong model's mix of per-question
+    accuracies): for every k in 1..64, the full unbiased pass@k lies in the CI of the prefix-based estimate,
+    which reads a fraction of the rows."""
+    from lib.metrics import adaptive_num_drawn, adaptive_pass_at_k, first_success
+
+    rng = np.random.default_rng(0)
+    n, num_questions = 64, 400
+    p = np.concatenate([np.zeros(40), rng.uniform(0.01, 0.2, 80), rng.uniform(0.2, 1.0, 280)])
+    runs = rng.random((num_questions, n)) < p[:, None]
+    firsts = [first_success(row.tolist()) for row in runs]
+    drawn = [adaptive_num_drawn(f, n, 4) for f in firsts]
+    out = adaptive_pass_at_k(firsts, drawn, n)
+    for k in range(1, n + 1):
+        full = float(np.mean([pass_at_k(n, int(row.sum()), k) for row in runs]))
+        lo, hi = out["ci95"][k]
+        assert lo <= full <= hi, (k, full, lo, hi)
+    assert sum(drawn) < 0.25 * n * num_questions
