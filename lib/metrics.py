@@ -12,6 +12,12 @@ Definitions (``../shared/docs/paper.md``), for a question with ``n`` samples of 
   the random tie-break, which removes its variance). The expectation over subsets is exact (full
   enumeration) when ``C(n, k) <= MAJ_EXACT_LIMIT``, and otherwise a Monte Carlo mean over
   ``num_subsets`` random subsets from a seeded generator, so results are reproducible.
+- ``select@k`` (:func:`select_at_k_all`) is maj@k for any selection rule of ``lib.selection.RULES``: the
+  same k-subsets, estimator and tie rule; maj@k is ``select@k`` of ``majority``. Answer groups come from
+  ``lib.selection.group_answers`` over the stored canonical strings: one group per distinct string unless
+  an ``equivalent`` callable (e.g. a grader's) merges them.
+- Adaptive sampling (:func:`adaptive_pass_at_k`): from each question's first-success index in an i.i.d.
+  sample stream, ``1[first < k]`` is an unbiased pass@k for every ``k <= n``.
 - Every headline number comes with a percentile bootstrap CI over questions (seeded).
 """
 

@@ -27,3 +27,29 @@ def test_verifier_without_a_correct_sample_falls_back_to_the_majority():
 def test_no_answers_returns_sample_zero():
     chosen, trace = choose([None, None], [], "majority")
     assert chosen == 0 and trace["chosen_answer"] is None and trace["groups"] == []
+
+
+def test_the_served_choice_is_the_one_the_evaluation_measures():
+    """Each registry rule, fed the same samples on both sides: Serve's choose picks a correct answer exactly
+    when select@n (lib/metrics.py, k = n: the single subset of all samples) scores 1 for it."""
+    from lib.metrics import select_at_k_all
+
+    gold = "7"
+    texts = ["2 + 2 = 5", "3 + 4 = 7", "2 + 2 = 5", "none", "3 + 4 = 7", "2 + 2 = 5", "no arithmetic"]
+    verdicts = {0: False, 4: True}
+    scores = [None if verdicts.get(i) is None else float(verdicts[i]) for i in range(len(ANSWERS))]
+    served_correct = {}
+    for rule in ("majority", "verifier", "verifier_weighted", "arithmetic_checked", "judge_top_groups", "random"):
+        chosen, trace = choose(ANSWERS, GROUPS, rule, verdicts, texts=texts)
+        measured = select_at_k_all({"verifier": "judge_top_groups"}.get(rule, rule), ANSWERS,
+                                   [a == gold for a in ANSWERS], [len(ANSWERS)], scores=scores, texts=texts)
+        served_correct[rule] = trace["chosen_answer"] == gold
+        assert measured == {len(ANSWERS): float(served_correct[rule])}, rule
+    assert served_correct == {"majority": False, "verifier": True, "verifier_weighted": True,
+                              "arithmetic_checked": True, "judge_top_groups": True, "random": False}
+
+
+def test_a_registry_rule_by_name_reports_its_group():
+    chosen, trace = choose(ANSWERS, GROUPS, "arithmetic_checked",
+                           texts=["2 + 2 = 5", "3 + 4 = 7", "2 + 2 = 5", "", "3 + 4 = 7", "2 + 2 = 5", ""])
+    assert (chosen, trace["chosen_answer"], trace["reason"]) == (1, "7", "arithmetic_checked: group of 2 of 7 samples")
