@@ -99,10 +99,10 @@ class Samples:
 @dataclass(frozen=True)
 class Votes:
     """``columns[i]``: sample i's votes, one value per column, compared in column order; ``how`` reduces a
-    group's members per column ("sum" or "max")."""
+    group's members per column ("sum" or "max"; one name for every column, or one per column)."""
 
     columns: np.ndarray  # (num_samples, num_columns)
-    how: str = "sum"
+    how: str | tuple[str, ...] = "sum"
 
 
 def _scores(s: Samples, rule: str) -> np.ndarray:
@@ -132,10 +132,10 @@ def arithmetic_checked(s: Samples) -> Votes:
 
 def judge_top_groups(s: Samples) -> Votes:
     """Serve's verifier path: the largest group holding a sample judged correct (score >= JUDGED_CORRECT;
-    Serve judges the first member of its largest groups), else the majority. Groups rank by their number
-    of judged-correct samples, then by size."""
+    Serve judges the first member of its largest groups), else the majority. Groups rank by whether some
+    member is judged correct, then by size."""
     judged = (_scores(s, "judge_top_groups") >= JUDGED_CORRECT).astype(np.float64)
-    return Votes(np.stack([judged, np.ones(len(s.answers))], axis=1))
+    return Votes(np.stack([judged, np.ones(len(s.answers))], axis=1), how=("max", "sum"))
 
 
 def random_choice(s: Samples) -> Votes:
@@ -171,15 +171,16 @@ def tied_top_groups(ids: np.ndarray, votes: Votes, subsets: np.ndarray) -> np.nd
     flat = (np.arange(num_sets)[:, None] * num_groups + np.where(valid, g, 0))[valid]
     size = num_sets * num_groups
     mask = (np.bincount(flat, minlength=size) > 0).reshape(num_sets, num_groups)
-    for column in votes.columns.T:
+    hows = (votes.how,) * votes.columns.shape[1] if isinstance(votes.how, str) else votes.how
+    for column, how in zip(votes.columns.T, hows, strict=True):
         weights = column[subsets][valid]
-        if votes.how == "sum":
+        if how == "sum":
             reduced = np.bincount(flat, weights=weights, minlength=size)
-        elif votes.how == "max":
+        elif how == "max":
             reduced = np.full(size, -np.inf)
             np.maximum.at(reduced, flat, weights)
         else:
-            raise ValueError(f"unknown vote reduction {votes.how!r}")
+            raise ValueError(f"unknown vote reduction {how!r}")
         values = np.where(mask, reduced.reshape(num_sets, num_groups), -np.inf)
         mask &= values == values.max(axis=1, keepdims=True)
     return mask

@@ -66,6 +66,8 @@ def test_arithmetic_checked_drops_the_votes_of_samples_with_a_wrong_equation():
 def test_judge_top_groups_prefers_a_group_judged_correct_over_a_larger_one():
     assert choice("judge_top_groups", scores=[0.0, None, None, None, 1.0, None, None]) == (4, [1, 4], 1)
     assert choice("judge_top_groups", scores=[0.0, 0.0, None, None, None, None, 0.0]) == (0, [0, 2, 5], 1)
+    # any judged-correct member counts once: the larger "5" (one judged correct) beats "7" (two)
+    assert choice("judge_top_groups", ["5", "5", "5", "7", "7"], scores=[0.0, 1.0, 0.0, 1.0, 1.0]) == (1, [0, 1, 2], 1)
 
 
 def test_random_is_a_seeded_uniform_choice_among_answered_samples():
