@@ -102,15 +102,20 @@ def test_evaluate_without_data_fails_before_any_work(tmp_path):
     assert not out_dir.exists()
 
 
-def test_train_sft_without_data_fails_before_ray_starts(places, tmp_path):
+def test_train_sft_without_data_fails_before_ray_starts(places, tmp_path, monkeypatch):
     """The SFT job stops before Ray starts (and before its output directory exists), naming every place."""
+    import jobs.evaluate
     import jobs.train_sft
     from lib.config import ConfigError
+
+    def no_ray():
+        raise AssertionError("Ray was started before the data check")
+
+    monkeypatch.setattr(jobs.evaluate, "init_ray", no_ray)
 
     out_dir = tmp_path / "sft"
     with pytest.raises(ConfigError) as err:
         jobs.train_sft.main(["--config", "jobs/configs/train_sft_tiny.yaml", f"output_dir={out_dir}"])
     assert str(err.value).startswith("data: file not found: gsm8k/train.jsonl; looked in:\n")
     assert f"3. {places['home'] / 'gsm8k/train.jsonl'}  ($MATHRAY_HOME/data)" in str(err.value)
-    assert "ray" not in sys.modules or not sys.modules["ray"].is_initialized()
     assert not out_dir.exists()

@@ -33,7 +33,11 @@ def test_python_m_serve_answers_the_openai_client(default_model, tmp_path):
             assert time.monotonic() < deadline, "not ready after 300 s"
             time.sleep(1)
         text = log.read_text()
-        assert re.search(rf"curl -s http://127.0.0.1:{port}/v1/chat/completions -H 'Authorization: Bearer \$MATHRAY_API_KEYS'", text)
+        # the example names the env var (first comma-separated key, double quotes so the shell expands it),
+        # never the key itself
+        assert re.search(rf'curl -s http://127.0.0.1:{port}/v1/chat/completions -H "Authorization: Bearer '
+                         r'\$\{MATHRAY_API_KEYS%%,\*\}"', text)
+        assert "make-serve-key" not in text
         client = openai.OpenAI(base_url=f"http://127.0.0.1:{port}/v1", api_key="make-serve-key", max_retries=0)
         reply = client.chat.completions.create(model="mathray", messages=[{"role": "user", "content": "Hi"}], max_tokens=8)
         assert reply.choices[0].message.content and reply.usage.completion_tokens <= 8
