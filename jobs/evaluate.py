@@ -39,11 +39,12 @@ from lib.grading import DEFAULT_TIMEOUT_S
 from lib.grading import settings as grader_settings
 from lib.progress import Progress, setup_logging
 from lib.prompts import get_prompt
-from lib.report import compute_metrics, estimator_notes, plot_passk, summary_table, write_metrics_json, write_summary_md
+from lib.report import check_selection, compute_metrics, estimator_notes, plot_passk, summary_table, write_metrics_json, write_summary_md
 from lib.output_dir import disk_full, hold_output_dir, prepare_output_dir
 from lib.symbolic_report import write_report as write_symbolic_report
 from lib.sample_store import GradeAndStore, SampleStore, plan_requests
 from lib.sampling import EngineConfig
+from lib.selection import NEEDS_TEXTS
 
 log = logging.getLogger("mathray.evaluate")
 
@@ -99,6 +100,9 @@ class EvaluateConfig(StrictModel):
     grading_timeout_s: float = Field(DEFAULT_TIMEOUT_S, gt=0)
     max_error_fraction: float = Field(0.05, ge=0, le=1, description="fail when more samples than this end in status error")
     seed: int = 0
+    selection: list[str] = Field(default_factory=lambda: ["majority", "arithmetic_checked"],
+                                 description="lib.selection rules whose select@k is reported (rules needing "
+                                 "verifier/judge scores are refused: this job computes no scores)")
     engine_log_level: str = Field("WARNING", description="vLLM's log level inside the sampling actors")
     ray_data_progress: bool = Field(False, description="also show Ray Data's own operator progress (verbose)")
     engine: EngineConfig = Field(default_factory=EngineConfig)
@@ -109,6 +113,11 @@ class EvaluateConfig(StrictModel):
     def _known_prompt(cls, name: str) -> str:
         get_prompt(name)
         return name
+
+    @field_validator("selection")
+    @classmethod
+    def _known_rules(cls, names: list[str]) -> list[str]:
+        return check_selection(names)
 
     @field_validator("datasets")
     @classmethod
@@ -323,7 +332,9 @@ def run_metrics(config: EvaluateConfig, questions: list, output_dir: Path) -> tu
     store = SampleStore(output_dir)
     store.clean()
     columns = ["question_id", "sample_idx", "status", "canonical"]
-    metrics = compute_metrics(questions, store.read("samples", columns), store.read("greedy", columns), config.samples_per_question, seed=config.seed)
+    sample_columns = columns + (["text"] if NEEDS_TEXTS.intersection(config.selection) else [])
+    metrics = compute_metrics(questions, store.read("samples", sample_columns), store.read("greedy", columns),
+                              config.samples_per_question, seed=config.seed, selection=config.selection)
     errors = sum(m["status_counts"]["error"] for name, m in metrics.items() if "/" not in name)
     total = sum(m["num_questions"] * config.samples_per_question for name, m in metrics.items() if "/" not in name)
     write_metrics_json(output_dir / "metrics.json", metrics, grader_settings())

@@ -163,24 +163,33 @@ def bootstrap_ci(
     return (float(lo), float(hi))
 
 
-def question_metrics(keys: Sequence[str | None], correct: Sequence[bool], ks: Sequence[int], *, seed: int = 0) -> dict:
-    """Per-question values of every metric: ``{"n", "c", "pass_ratio", "pass@k": {k: v}, "maj@k": {k: v}}``."""
+def question_metrics(keys: Sequence[str | None], correct: Sequence[bool], ks: Sequence[int], *, seed: int = 0,
+                     selection: Sequence[str] = (), texts: Sequence[str] | None = None,
+                     scores: Sequence[float | None] | None = None) -> dict:
+    """Per-question values of every metric: ``{"n", "c", "pass_ratio", "pass@k": {k: v}, "maj@k": {k: v}}``,
+    plus ``"select@k": {rule: {k: v}}`` for each rule in ``selection`` (``texts`` / ``scores``: per sample,
+    for the rules that read them)."""
     n, c = len(correct), int(sum(bool(x) for x in correct))
-    return {
+    out = {
         "n": n,
         "c": c,
         "pass_ratio": pass_ratio(n, c),
         "pass@k": {k: pass_at_k(n, c, k) for k in ks},
         "maj@k": maj_at_k_all(keys, correct, ks, seed=seed),
     }
+    if selection:
+        out["select@k"] = {name: select_at_k_all(name, keys, correct, ks, scores=scores, texts=texts, seed=seed)
+                           for name in selection}
+    return out
 
 
 def aggregate(per_question: Sequence[dict], greedy_correct: Sequence[bool] | None, *, seed: int = 0) -> dict:
     """Average per-question metrics into one group's report, each with a 95% bootstrap CI.
 
     Returns ``{"num_questions", "samples_per_question", "greedy_pass@1", "pass@k", "maj@k",
-    "pass_ratio", "ci95"}`` with k keys as strings; ``ci95`` maps each metric name
-    (``"pass@4"``, ``"maj@4"``, ``"pass_ratio"``, ``"greedy_pass@1"``) to ``[lo, hi]``.
+    "pass_ratio", "ci95"}`` with k keys as strings, and ``"select@k": {rule: {k: v}}`` when the questions
+    carry it; ``ci95`` maps each metric name (``"pass@4"``, ``"maj@4"``, ``"select@majority@4"``,
+    ``"pass_ratio"``, ``"greedy_pass@1"``) to ``[lo, hi]``.
     """
     if not per_question:
         raise ValueError("no questions to aggregate")
@@ -196,6 +205,9 @@ def aggregate(per_question: Sequence[dict], greedy_correct: Sequence[bool] | Non
     out["greedy_pass@1"] = add("greedy_pass@1", [float(x) for x in greedy_correct]) if greedy_correct else None
     out["pass@k"] = {str(k): add(f"pass@{k}", [q["pass@k"][k] for q in per_question]) for k in ks}
     out["maj@k"] = {str(k): add(f"maj@{k}", [q["maj@k"][k] for q in per_question]) for k in ks}
+    if all("select@k" in q for q in per_question):
+        out["select@k"] = {name: {str(k): add(f"select@{name}@{k}", [q["select@k"][name][k] for q in per_question])
+                                  for k in ks} for name in per_question[0]["select@k"]}
     out["pass_ratio"] = add("pass_ratio", [q["pass_ratio"] for q in per_question])
     out["ci95"] = ci
     return out

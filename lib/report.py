@@ -1,8 +1,8 @@
 """From stored, graded samples to ``metrics.json``, ``summary.md`` and ``passk.png``.
 
 Per dataset (and broken down by level and type where the data has them): number of questions,
-samples per question, greedy pass@1, pass@k and maj@k for k = 1, 2, 4, ..., n, PassRatio, 95%
-bootstrap CIs over questions, and the counts of the five grading statuses, which are reported,
+samples per question, greedy pass@1, pass@k and maj@k for k = 1, 2, 4, ..., n, select@k of each
+configured selection rule (``lib.selection.RULES``) for the same k, PassRatio, 95% bootstrap CIs over questions, and the counts of the five grading statuses, which are reported,
 never folded silently into "incorrect" (for pass@k a sample counts as correct only when graded so).
 """
 
@@ -17,27 +17,48 @@ import pyarrow as pa
 
 from lib.grading import STATUSES
 from lib.metrics import MAJ_EXACT_LIMIT, MAJ_NUM_SUBSETS, TIE_RULE, aggregate, k_values, question_metrics
+from lib.selection import NEEDS_SCORES, NEEDS_TEXTS, RULES, rule
 
 
 class IncompleteRunError(RuntimeError):
     """Some questions lack samples: the run must be resumed before metrics can be computed."""
 
 
-def _by_question(table: pa.Table, max_idx: int | None) -> dict[str, list[tuple[int, str, str | None]]]:
-    out: dict[str, list[tuple[int, str, str | None]]] = defaultdict(list)
+def _by_question(table: pa.Table, max_idx: int | None) -> dict[str, list[tuple[int, str, str | None, str | None]]]:
+    """question -> its (sample_idx, status, canonical, text) rows; text None when the table has no ``text``."""
+    out: dict[str, list[tuple[int, str, str | None, str | None]]] = defaultdict(list)
     cols = [table.column(c).to_pylist() for c in ("question_id", "sample_idx", "status", "canonical")]
-    for qid, idx, status, canonical in zip(*cols):
+    cols.append(table.column("text").to_pylist() if "text" in table.column_names else [None] * table.num_rows)
+    for qid, idx, status, canonical, text in zip(*cols):
         if max_idx is None or idx < max_idx:
-            out[qid].append((idx, status, canonical))
+            out[qid].append((idx, status, canonical, text))
     return out
 
 
-def compute_metrics(questions: list[Any], samples: pa.Table, greedy: pa.Table | None, samples_per_question: int, *, seed: int = 0) -> dict:
+def check_selection(names: list[str], *, has_scores: bool = False) -> list[str]:
+    """Selection rules the evaluation can measure: registered, and with their inputs available (a rule that
+    needs per-sample scores is refused while no score source exists). ValueError naming the rule otherwise."""
+    for name in names:
+        rule(name)
+        if name in NEEDS_SCORES and not has_scores:
+            raise ValueError(f"selection rule {name!r} needs per-sample verifier/judge scores, and this job has no "
+                             f"score source; rules it can measure: {sorted(set(RULES) - NEEDS_SCORES)}")
+    if len(set(names)) != len(names):
+        raise ValueError(f"selection lists a rule twice: {names}")
+    return names
+
+
+def compute_metrics(questions: list[Any], samples: pa.Table, greedy: pa.Table | None, samples_per_question: int, *,
+                    seed: int = 0, selection: list[str] | tuple[str, ...] = ()) -> dict:
     """Metrics of one run; ``questions`` are ``lib.data.Question`` objects, tables as in ``lib.sample_store``.
 
     Only sample indices below ``samples_per_question`` count (a directory may hold more from an
     earlier, larger run). Raises :class:`IncompleteRunError` when a question has fewer samples.
+    ``selection``: rules whose select@k is reported; those in ``NEEDS_TEXTS`` need a ``text`` column.
     """
+    check_selection(list(selection))
+    if NEEDS_TEXTS.intersection(selection) and "text" not in samples.column_names:
+        raise ValueError(f"selection rules {sorted(NEEDS_TEXTS.intersection(selection))} need the samples' text column")
     per_q = _by_question(samples, samples_per_question)
     greedy_q = _by_question(greedy, None) if greedy is not None and greedy.num_rows else {}
     short = [q.id for q in questions if len(per_q.get(q.id, ())) != samples_per_question]
@@ -61,7 +82,9 @@ def compute_metrics(questions: list[Any], samples: pa.Table, greedy: pa.Table | 
         for q in members:
             rows = sorted(per_q[q.id])
             if q.id not in cache:
-                cache[q.id] = question_metrics([r[2] for r in rows], [r[1] == "correct" for r in rows], ks, seed=seed)
+                texts = [r[3] or "" for r in rows] if NEEDS_TEXTS.intersection(selection) else None
+                cache[q.id] = question_metrics([r[2] for r in rows], [r[1] == "correct" for r in rows], ks, seed=seed,
+                                               selection=selection, texts=texts)
             per_question.append(cache[q.id])
             statuses.update(r[1] for r in rows)
             if q.id in greedy_q:
@@ -81,6 +104,8 @@ def estimator_notes() -> dict:
         "maj@k": f"expected majority-vote accuracy over k-subsets: exact when C(n,k) <= {MAJ_EXACT_LIMIT}, "
         f"else the mean over {MAJ_NUM_SUBSETS} seeded random subsets; tie rule: {TIE_RULE}; "
         "samples without an answer do not vote",
+        "select@k": "maj@k's estimator, subsets and tie rule with the votes of a lib.selection rule "
+        "(select@<rule>@k in ci95)",
         "pass_ratio": "c/n averaged over questions",
         "ci95": "percentile bootstrap over questions, 1000 resamples, seeded",
         "status": "a sample counts as correct only with status 'correct'; no_answer/timeout/error are counted separately",
@@ -124,11 +149,28 @@ def maj_table(metrics: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
+def select_table(metrics: dict) -> str:
+    """One row per (dataset, selection rule): select@k for every reported k; empty when no rule was measured."""
+    names = [n for n in metrics if "/" not in n and metrics[n].get("select@k")]
+    if not names:
+        return ""
+    ks = list(metrics[names[0]]["maj@k"])
+    lines = ["| dataset | rule | " + " | ".join(f"select@{k}" for k in ks) + " |", "|" + "---|" * (len(ks) + 2)]
+    for name in names:
+        m = metrics[name]
+        for rule_name, values in m["select@k"].items():
+            cells = [fmt_pct(values[k], m["ci95"][f"select@{rule_name}@{k}"]) for k in ks]
+            lines.append(f"| {name} | {rule_name} | " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
 def write_summary_md(path: Path, metrics: dict, header: str) -> str:
+    selected = select_table(metrics)
     text = (
         f"{header}\n\nValues in percent, 95% bootstrap CI over questions in brackets.\n\n"
         f"## pass@k, greedy pass@1, PassRatio\n\n{summary_table(metrics)}\n"
         f"## maj@k\n\n{maj_table(metrics)}\n"
+        + (f"## select@k (selection rules)\n\n{selected}\n" if selected else "") +
         f"## Breakdown by level and type\n\n{summary_table({k: v for k, v in metrics.items() if '/' in k}, top_level_only=False) if any('/' in k for k in metrics) else '(none)'}\n"
     )
     path.write_text(text)
@@ -136,7 +178,8 @@ def write_summary_md(path: Path, metrics: dict, header: str) -> str:
 
 
 def plot_passk(path: Path, metrics: dict) -> None:
-    """pass@k (solid) and maj@k (dashed) vs k on a log2 axis, one colour per dataset."""
+    """pass@k (solid), maj@k (dashed) and select@k of each rule (dotted, one marker per rule) vs k on a log2
+    axis, one colour per dataset."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -148,6 +191,9 @@ def plot_passk(path: Path, metrics: dict) -> None:
         color = f"C{i % 10}"
         ax.plot(ks, [100 * v for v in m["pass@k"].values()], "o-", color=color, label=f"{name} pass@k")
         ax.plot(ks, [100 * v for v in m["maj@k"].values()], "s--", color=color, label=f"{name} maj@k")
+        for j, (rule_name, values) in enumerate(m.get("select@k", {}).items()):
+            ax.plot(ks, [100 * values[str(k)] for k in ks], ":", marker="v^<>dP*"[j % 7], color=color,
+                    label=f"{name} select@k {rule_name}")
         if m.get("greedy_pass@1") is not None:
             ax.axhline(100 * m["greedy_pass@1"], color=color, linestyle=":", label=f"{name} greedy pass@1")
     ax.set_xscale("log", base=2)
