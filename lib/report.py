@@ -149,17 +149,18 @@ def maj_table(metrics: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
-def select_table(metrics: dict) -> str:
-    """One row per (dataset, selection rule): select@k for every reported k; empty when no rule was measured."""
+def select_table(metrics: dict, *, label: str = "dataset") -> str:
+    """One row per (entry of ``metrics``, selection rule): select@k for every reported k (datasets, or runs with
+    ``label="run"``); empty when no entry has select@k."""
     names = [n for n in metrics if "/" not in n and metrics[n].get("select@k")]
     if not names:
         return ""
     ks = list(metrics[names[0]]["maj@k"])
-    lines = ["| dataset | rule | " + " | ".join(f"select@{k}" for k in ks) + " |", "|" + "---|" * (len(ks) + 2)]
+    lines = [f"| {label} | rule | " + " | ".join(f"select@{k}" for k in ks) + " |", "|" + "---|" * (len(ks) + 2)]
     for name in names:
         m = metrics[name]
         for rule_name, values in m["select@k"].items():
-            cells = [fmt_pct(values[k], m["ci95"][f"select@{rule_name}@{k}"]) for k in ks]
+            cells = [fmt_pct(values.get(k), m["ci95"].get(f"select@{rule_name}@{k}")) for k in ks]
             lines.append(f"| {name} | {rule_name} | " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
 
