@@ -39,7 +39,7 @@ from lib.grading import DEFAULT_TIMEOUT_S
 from lib.grading import settings as grader_settings
 from lib.progress import Progress, setup_logging
 from lib.prompts import get_prompt
-from lib.report import check_selection, compute_metrics, estimator_notes, plot_passk, summary_table, write_metrics_json, write_summary_md
+from lib.report import check_selection, compute_metrics, estimator_notes, graded_error_fraction, plot_passk, summary_table, write_metrics_json, write_summary_md
 from lib.output_dir import disk_full, hold_output_dir, prepare_output_dir
 from lib.symbolic_report import write_report as write_symbolic_report
 from lib.sample_store import GradeAndStore, SampleStore, plan_requests
@@ -335,8 +335,7 @@ def run_metrics(config: EvaluateConfig, questions: list, output_dir: Path) -> tu
     sample_columns = columns + (["text"] if NEEDS_TEXTS.intersection(config.selection) else [])
     metrics = compute_metrics(questions, store.read("samples", sample_columns), store.read("greedy", columns),
                               config.samples_per_question, seed=config.seed, selection=config.selection)
-    errors = sum(m["status_counts"]["error"] for name, m in metrics.items() if "/" not in name)
-    total = sum(m["num_questions"] * config.samples_per_question for name, m in metrics.items() if "/" not in name)
+    errors, total = graded_error_fraction(metrics)  # datasets without gold answers (ungraded) do not count
     write_metrics_json(output_dir / "metrics.json", metrics, grader_settings())
     header = f"# Evaluation of `{config.model}` ({config.samples_per_question} samples/question, T={config.temperature}, prompt `{config.prompt}`)"
     write_summary_md(output_dir / "summary.md", metrics, header)

@@ -18,7 +18,7 @@ from typing import Any
 
 import yaml
 
-from lib.report import fmt_pct, select_table, summary_table
+from lib.report import fmt_pct, is_graded, select_table, summary_table
 
 # Reported in the paper (arXiv 2403.04706, LLaMA-2 base models, GPT-4 Turbo teacher): for comparison only.
 PAPER_REFERENCE = [
@@ -84,7 +84,7 @@ def manifest(run_dir: Path, config: dict, base_eval: dict, runs: list[dict]) -> 
 
 def datasets(runs: list[dict]) -> list[str]:
     base = next((r["metrics"] for r in runs if r["metrics"]), None) or {}
-    return [name for name in base if "/" not in name]
+    return [name for name in base if "/" not in name and is_graded(base[name])]  # ungraded sets have no curves
 
 
 def scaling_table(runs: list[dict], dataset: str) -> str:

@@ -2,8 +2,14 @@
 
 Per dataset (and broken down by level and type where the data has them): number of questions,
 samples per question, greedy pass@1, pass@k and maj@k for k = 1, 2, 4, ..., n, select@k of each
-configured selection rule (``lib.selection.RULES``) for the same k, PassRatio, 95% bootstrap CIs over questions, and the counts of the five grading statuses, which are reported,
-never folded silently into "incorrect" (for pass@k a sample counts as correct only when graded so).
+configured selection rule (``lib.selection.RULES``) for the same k, PassRatio, 95% bootstrap CIs over
+questions, and the counts of the grading statuses (``lib.grading.STATUSES``), which are reported, never
+folded silently into "incorrect" (for pass@k a sample counts as correct only when graded so).
+
+Questions without a gold answer (``Question.answer`` blank, e.g. ``hungarian_exam``) are sampled and stored
+with status ``ungraded``; they take no part in the accuracy metrics. A group made only of them is reported
+as ``{"graded": false, "num_questions", "samples_per_question", "status_counts", ...}`` (no pass@k), its own
+section of ``summary.md``, and never counts towards ``max_error_fraction``.
 """
 
 from __future__ import annotations
@@ -33,6 +39,27 @@ def _by_question(table: pa.Table, max_idx: int | None) -> dict[str, list[tuple[i
         if max_idx is None or idx < max_idx:
             out[qid].append((idx, status, canonical, text))
     return out
+
+
+def has_gold(question: Any) -> bool:
+    """A question with a gold answer (graded); without one its samples are ``ungraded``."""
+    return bool(str(question.answer or "").strip())
+
+
+def is_graded(entry: dict) -> bool:
+    """A metrics.json entry with accuracy metrics (False: every question of the group lacks a gold answer)."""
+    return "pass@k" in entry
+
+
+def graded_error_fraction(metrics: dict) -> tuple[int, int]:
+    """(samples in status error, samples) over the graded top-level datasets: what ``max_error_fraction``
+    bounds; samples of questions without a gold answer are not counted."""
+    errors = total = 0
+    for name, m in metrics.items():
+        if "/" not in name and is_graded(m):
+            errors += m["status_counts"]["error"]
+            total += m["num_questions"] * m["samples_per_question"]
+    return errors, total
 
 
 def check_selection(names: list[str], *, has_scores: bool = False) -> list[str]:
@@ -79,19 +106,27 @@ def compute_metrics(questions: list[Any], samples: pa.Table, greedy: pa.Table | 
     result: dict[str, dict] = {}
     for name, members in groups.items():
         per_question, greedy_correct, statuses, greedy_statuses = [], [], Counter(), Counter()
+        graded = [q for q in members if has_gold(q)]
         for q in members:
             rows = sorted(per_q[q.id])
+            statuses.update(r[1] for r in rows)
+            if q.id in greedy_q:
+                greedy_statuses[greedy_q[q.id][0][1]] += 1
+            if not has_gold(q):
+                continue
             if q.id not in cache:
                 texts = [r[3] or "" for r in rows] if NEEDS_TEXTS.intersection(selection) else None
                 cache[q.id] = question_metrics([r[2] for r in rows], [r[1] == "correct" for r in rows], ks, seed=seed,
                                                selection=selection, texts=texts)
             per_question.append(cache[q.id])
-            statuses.update(r[1] for r in rows)
             if q.id in greedy_q:
-                status = greedy_q[q.id][0][1]
-                greedy_correct.append(status == "correct")
-                greedy_statuses[status] += 1
-        entry = aggregate(per_question, greedy_correct if len(greedy_correct) == len(members) else None, seed=seed)
+                greedy_correct.append(greedy_q[q.id][0][1] == "correct")
+        if graded:
+            entry = aggregate(per_question, greedy_correct if len(greedy_correct) == len(graded) else None, seed=seed)
+            if len(graded) < len(members):
+                entry["num_ungraded_questions"] = len(members) - len(graded)
+        else:
+            entry = {"graded": False, "num_questions": len(members), "samples_per_question": samples_per_question}
         entry["status_counts"] = {s: statuses.get(s, 0) for s in STATUSES}
         entry["greedy_status_counts"] = {s: greedy_statuses.get(s, 0) for s in STATUSES}
         result[name] = entry
@@ -122,7 +157,7 @@ def fmt_pct(value: float | None, ci: list[float] | None = None) -> str:
 
 def summary_table(metrics: dict, *, top_level_only: bool = True, label: str = "dataset") -> str:
     """A markdown table: one row per entry of ``metrics`` (datasets, or runs with ``label="run"``), in percent with 95% CIs."""
-    names = [n for n in metrics if "/" not in n] if top_level_only else list(metrics)
+    names = [n for n in metrics if ("/" not in n or not top_level_only) and is_graded(metrics[n])]
     if not names:
         return "(no datasets)\n"
     first = metrics[names[0]]
@@ -140,7 +175,7 @@ def summary_table(metrics: dict, *, top_level_only: bool = True, label: str = "d
 
 
 def maj_table(metrics: dict) -> str:
-    names = [n for n in metrics if "/" not in n]
+    names = [n for n in metrics if "/" not in n and is_graded(metrics[n])]
     ks = list(metrics[names[0]]["maj@k"]) if names else []
     lines = ["| dataset | " + " | ".join(f"maj@{k}" for k in ks) + " |", "|" + "---|" * (len(ks) + 1)]
     for name in names:
@@ -152,7 +187,7 @@ def maj_table(metrics: dict) -> str:
 def select_table(metrics: dict, *, label: str = "dataset") -> str:
     """One row per (entry of ``metrics``, selection rule): select@k for every reported k (datasets, or runs with
     ``label="run"``); empty when no entry has select@k."""
-    names = [n for n in metrics if "/" not in n and metrics[n].get("select@k")]
+    names = [n for n in metrics if "/" not in n and is_graded(metrics[n]) and metrics[n].get("select@k")]
     if not names:
         return ""
     ks = list(metrics[names[0]]["maj@k"])
@@ -165,13 +200,28 @@ def select_table(metrics: dict, *, label: str = "dataset") -> str:
     return "\n".join(lines) + "\n"
 
 
+def ungraded_table(metrics: dict) -> str:
+    """One row per top-level dataset without gold answers: its sample status counts; empty when none."""
+    names = [n for n in metrics if "/" not in n and not is_graded(metrics[n])]
+    if not names:
+        return ""
+    statuses = ("ungraded", "no_answer", "timeout", "error")
+    lines = ["| dataset | questions | n | " + " | ".join(statuses) + " |", "|" + "---|" * (len(statuses) + 3)]
+    for name in names:
+        m = metrics[name]
+        cells = [name, str(m["num_questions"]), str(m["samples_per_question"])] + [str(m["status_counts"].get(s, 0)) for s in statuses]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
 def write_summary_md(path: Path, metrics: dict, header: str) -> str:
-    selected = select_table(metrics)
+    selected, ungraded = select_table(metrics), ungraded_table(metrics)
     text = (
         f"{header}\n\nValues in percent, 95% bootstrap CI over questions in brackets.\n\n"
         f"## pass@k, greedy pass@1, PassRatio\n\n{summary_table(metrics)}\n"
         f"## maj@k\n\n{maj_table(metrics)}\n"
-        + (f"## select@k (selection rules)\n\n{selected}\n" if selected else "") +
+        + (f"## select@k (selection rules)\n\n{selected}\n" if selected else "")
+        + (f"## Ungraded datasets (no gold answers: answers stored, not scored)\n\n{ungraded}\n" if ungraded else "") +
         f"## Breakdown by level and type\n\n{summary_table({k: v for k, v in metrics.items() if '/' in k}, top_level_only=False) if any('/' in k for k in metrics) else '(none)'}\n"
     )
     path.write_text(text)
@@ -187,7 +237,7 @@ def plot_passk(path: Path, metrics: dict) -> None:
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(7, 4.5))
-    for i, (name, m) in enumerate((n, m) for n, m in metrics.items() if "/" not in n):
+    for i, (name, m) in enumerate((n, m) for n, m in metrics.items() if "/" not in n and is_graded(m)):
         ks = [int(k) for k in m["pass@k"]]
         color = f"C{i % 10}"
         ax.plot(ks, [100 * v for v in m["pass@k"].values()], "o-", color=color, label=f"{name} pass@k")

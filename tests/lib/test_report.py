@@ -39,8 +39,8 @@ def test_exact_values_per_dataset_and_level():
     assert a["pass@k"]["4"] == 1.0
     assert a["maj@k"]["4"] == pytest.approx(0.5)
     assert a["greedy_pass@1"] == 0.5
-    assert a["status_counts"] == {"correct": 3, "incorrect": 3, "no_answer": 1, "timeout": 1, "error": 0}
-    assert m["b"]["status_counts"] == {"correct": 0, "incorrect": 3, "no_answer": 0, "timeout": 0, "error": 1}
+    assert a["status_counts"] == {"correct": 3, "incorrect": 3, "no_answer": 1, "timeout": 1, "error": 0, "ungraded": 0}
+    assert m["b"]["status_counts"] == {"correct": 0, "incorrect": 3, "no_answer": 0, "timeout": 0, "error": 1, "ungraded": 0}
     assert m["b"]["pass@k"]["4"] == 0.0 and m["b"]["greedy_pass@1"] == 0.0
     assert m["b"]["greedy_status_counts"]["no_answer"] == 1
     assert m["a/level=Level 2"]["pass_ratio"] == pytest.approx(0.5)
@@ -115,3 +115,27 @@ def test_selection_rules_needing_scores_or_texts_are_refused_before_work():
         check_selection(["best"])
     with pytest.raises(ValueError, match="need the samples' text column"):
         compute_metrics(SELECT_QUESTIONS, SELECT_SAMPLES.drop(["text"]), None, 4, selection=["arithmetic_checked"])
+
+
+# ------------------------------------------------------------------------- datasets without gold (issue 15)
+
+
+def test_a_dataset_without_gold_answers_is_reported_as_ungraded_and_never_fails_the_run(tmp_path):
+    """h (no gold, like hungarian_exam): status counts only, graded false, no pass@k; its own summary.md section;
+    its samples (one in status error) are outside max_error_fraction's count; dataset a is unchanged."""
+    from lib.report import graded_error_fraction, write_summary_md
+
+    questions = QUESTIONS[:2] + [Question("h/0", "h", "?", ""), Question("h/1", "h", "?", "")]
+    samples = pa.concat_tables([SAMPLES.filter(pa.compute.field("question_id").isin(["a/0", "a/1"])), table(
+        [("h/0", i, s, c) for i, (s, c) in enumerate([("ungraded", "4"), ("ungraded", "4"), ("no_answer", None), ("error", None)])]
+        + [("h/1", i, "ungraded", "x") for i in range(4)])])
+    m = compute_metrics(questions, samples, None, 4)
+    assert m["h"] == {"graded": False, "num_questions": 2, "samples_per_question": 4,
+                      "status_counts": {"correct": 0, "incorrect": 0, "no_answer": 1, "timeout": 0, "error": 1, "ungraded": 6},
+                      "greedy_status_counts": {s: 0 for s in ("correct", "incorrect", "no_answer", "timeout", "error", "ungraded")}}
+    assert m["a"]["pass@k"]["4"] == 1.0 and m["a"]["maj@k"]["4"] == pytest.approx(0.5)
+    assert graded_error_fraction(m) == (0, 8)
+    text = write_summary_md(tmp_path / "summary.md", m, "# t")
+    assert "| h | 2 | 4 | 6 | 1 | 0 | 1 |" in text.split("## Ungraded datasets", 1)[1]
+    assert "| h |" not in text.split("## Ungraded datasets", 1)[0]
+    plot_passk(tmp_path / "passk.png", m)
