@@ -212,7 +212,11 @@ def plot_passk_curves(path: Path, runs: list[dict], dataset: str) -> None:
     for i, r in enumerate(measured):
         m = r["metrics"][dataset]
         ks = [int(k) for k in m["pass@k"]]
-        axes[0].plot(ks, [100 * v for v in m["pass@k"].values()], "o-", color=f"C{i % 10}", label=r["name"])
+        if m.get("pass@every_k"):  # the curve at every k; markers at the reported k
+            axes[0].plot(range(1, len(m["pass@every_k"]) + 1), [100 * v for v in m["pass@every_k"]], "-", color=f"C{i % 10}")
+            axes[0].plot(ks, [100 * v for v in m["pass@k"].values()], "o", color=f"C{i % 10}", label=r["name"])
+        else:
+            axes[0].plot(ks, [100 * v for v in m["pass@k"].values()], "o-", color=f"C{i % 10}", label=r["name"])
         axes[1].plot(ks, [100 * v for v in m["maj@k"].values()], "s--", color=f"C{i % 10}", label=r["name"])
         for j, (rule_name, values) in enumerate((m.get("select@k") or {}).items()):
             axes[2].plot([int(k) for k in values], [100 * v for v in values.values()], ":", marker="v^<>dP*"[j % 7],

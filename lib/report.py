@@ -1,7 +1,8 @@
 """From stored, graded samples to ``metrics.json``, ``summary.md`` and ``passk.png``.
 
 Per dataset (and broken down by level and type where the data has them): number of questions,
-samples per question, greedy pass@1, pass@k and maj@k for k = 1, 2, 4, ..., n, select@k of each
+samples per question, greedy pass@1, pass@k with CIs and maj@k for k = 1, 2, 4, ..., n (``k_values``), pass@k
+without CIs for every k = 1..n (``pass@every_k``, list index k-1), select@k of each
 configured selection rule (``lib.selection.RULES``) for the same k, PassRatio, 95% bootstrap CIs over
 questions, and the counts of the grading statuses (``lib.grading.STATUSES``), which are reported, never
 folded silently into "incorrect" (for pass@k a sample counts as correct only when graded so).
@@ -229,8 +230,8 @@ def write_summary_md(path: Path, metrics: dict, header: str) -> str:
 
 
 def plot_passk(path: Path, metrics: dict) -> None:
-    """pass@k (solid), maj@k (dashed) and select@k of each rule (dotted, one marker per rule) vs k on a log2
-    axis, one colour per dataset."""
+    """pass@k (solid, at every k when ``pass@every_k`` is stored), maj@k (dashed) and select@k of each rule
+    (dotted, one marker per rule) vs k on a log2 axis, one colour per dataset."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -240,7 +241,11 @@ def plot_passk(path: Path, metrics: dict) -> None:
     for i, (name, m) in enumerate((n, m) for n, m in metrics.items() if "/" not in n and is_graded(m)):
         ks = [int(k) for k in m["pass@k"]]
         color = f"C{i % 10}"
-        ax.plot(ks, [100 * v for v in m["pass@k"].values()], "o-", color=color, label=f"{name} pass@k")
+        if m.get("pass@every_k"):  # the curve at every k; markers at the reported k
+            ax.plot(range(1, len(m["pass@every_k"]) + 1), [100 * v for v in m["pass@every_k"]], "-", color=color)
+            ax.plot(ks, [100 * v for v in m["pass@k"].values()], "o", color=color, label=f"{name} pass@k")
+        else:
+            ax.plot(ks, [100 * v for v in m["pass@k"].values()], "o-", color=color, label=f"{name} pass@k")
         ax.plot(ks, [100 * v for v in m["maj@k"].values()], "s--", color=color, label=f"{name} maj@k")
         for j, (rule_name, values) in enumerate(m.get("select@k", {}).items()):
             ax.plot(ks, [100 * values[str(k)] for k in ks], ":", marker="v^<>dP*"[j % 7], color=color,

@@ -59,6 +59,7 @@ def test_outputs_written(tmp_path):
     write_metrics_json(tmp_path / "metrics.json", m, {"grader_version": "g"})
     saved = json.loads((tmp_path / "metrics.json").read_text())
     assert saved["a"]["grader"] == {"grader_version": "g"} and saved["a"]["pass@k"]["4"] == 1.0
+    assert saved["a"]["pass@every_k"] == pytest.approx([saved["a"]["pass@k"][k] for k in ("1", "2")] + [(3 / 4 + 1) / 2, 1.0])
     plot_passk(tmp_path / "passk.png", m)
     assert (tmp_path / "passk.png").read_bytes()[:4] == b"\x89PNG"
     assert "| a | 2 | 4 | 50.0 [" in summary_table(m)
