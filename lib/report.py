@@ -23,7 +23,8 @@ from typing import Any
 import pyarrow as pa
 
 from lib.grading import STATUSES
-from lib.metrics import MAJ_EXACT_LIMIT, MAJ_NUM_SUBSETS, TIE_RULE, aggregate, k_values, question_metrics
+from lib.metrics import (MAJ_EXACT_LIMIT, MAJ_NUM_SUBSETS, TIE_RULE, adaptive_pass_at_k, aggregate, bootstrap_ci, k_values,
+                         question_metrics)
 from lib.selection import NEEDS_SCORES, NEEDS_TEXTS, RULES, rule
 
 
@@ -40,6 +41,84 @@ def _by_question(table: pa.Table, max_idx: int | None) -> dict[str, list[tuple[i
         if max_idx is None or idx < max_idx:
             out[qid].append((idx, status, canonical, text))
     return out
+
+
+def _groups(questions: list[Any]) -> dict[str, list]:
+    """Report groups: each dataset, and its levels and types where the data has them."""
+    groups: dict[str, list] = defaultdict(list)
+    for q in questions:
+        groups[q.dataset].append(q)
+        if q.level:
+            groups[f"{q.dataset}/level={q.level}"].append(q)
+        if q.type:
+            groups[f"{q.dataset}/type={q.type}"].append(q)
+    return groups
+
+
+def prefix_first_success(rows: list[tuple]) -> tuple[int | None, int]:
+    """(first correct sample_idx, length) of the contiguous stored prefix 0, 1, ... of one question's
+    (sample_idx, status, ...) rows: an adaptive run's question is done once this prefix holds a success."""
+    first, length = None, 0
+    for row in sorted(rows):
+        if row[0] != length:
+            break
+        if first is None and row[1] == "correct":
+            first = length
+        length += 1
+    return first, length
+
+
+def prefix_first_successes(samples: pa.Table, samples_per_question: int) -> dict[str, tuple[int | None, int]]:
+    """question_id -> :func:`prefix_first_success` of its stored rows with sample_idx < samples_per_question."""
+    return {qid: prefix_first_success(rows) for qid, rows in _by_question(samples, samples_per_question).items()}
+
+
+def compute_adaptive_metrics(questions: list[Any], samples: pa.Table, greedy: pa.Table | None, samples_per_question: int,
+                             *, seed: int = 0) -> dict:
+    """Metrics of a ``stop_at_first_correct`` run: pass@k for every k = 1..n from each question's first
+    success (``lib.metrics.adaptive_pass_at_k``); PassRatio, maj@k and select@k need all n samples and
+    are ``None`` (not available). Records ``samples_drawn`` vs ``samples_full`` (n x questions). A question
+    with no success in fewer than n stored samples raises :class:`IncompleteRunError`."""
+    n = samples_per_question
+    per_q = _by_question(samples, n)
+    greedy_q = _by_question(greedy, None) if greedy is not None and greedy.num_rows else {}
+    stored = prefix_first_successes(samples, n)
+    firsts = {q.id: stored.get(q.id, (None, 0)) for q in questions}
+    short = [qid for qid, (first, drawn) in firsts.items() if first is None and drawn < n]
+    if short:
+        raise IncompleteRunError(f"{len(short)} of {len(questions)} questions have no correct sample and fewer than "
+                                 f"{n} samples (first: {short[0]}); rerun the job to resume")
+    ks = k_values(n)
+    result: dict[str, dict] = {}
+    for name, members in _groups(questions).items():
+        statuses, greedy_statuses = Counter(), Counter()
+        for q in members:
+            statuses.update(r[1] for r in per_q.get(q.id, []))
+            if q.id in greedy_q:
+                greedy_statuses[greedy_q[q.id][0][1]] += 1
+        graded = [q for q in members if has_gold(q)]
+        drawn = sum(firsts[q.id][1] for q in members)
+        entry: dict[str, Any] = {"num_questions": len(members), "samples_per_question": n, "adaptive": True,
+                                 "samples_drawn": drawn, "samples_full": n * len(members)}
+        if graded:
+            curve = adaptive_pass_at_k([firsts[q.id][0] for q in graded], [firsts[q.id][1] for q in graded], n, seed=seed)
+            greedy_correct = [greedy_q[q.id][0][1] == "correct" for q in graded if q.id in greedy_q]
+            ci = {f"pass@{k}": curve["ci95"][k] for k in ks}
+            entry.update({"num_questions": len(graded), "pass@k": {str(k): curve["pass@k"][k] for k in ks},
+                          "pass@every_k": [curve["pass@k"][k] for k in range(1, n + 1)],
+                          "maj@k": None, "pass_ratio": None, "greedy_pass@1": None})
+            if len(greedy_correct) == len(graded):
+                entry["greedy_pass@1"] = float(sum(greedy_correct)) / len(graded)
+                ci["greedy_pass@1"] = list(bootstrap_ci([float(x) for x in greedy_correct], seed=seed))
+            entry["ci95"] = ci
+            if len(graded) < len(members):
+                entry["num_ungraded_questions"] = len(members) - len(graded)
+        else:
+            entry["graded"] = False
+        entry["status_counts"] = {s: statuses.get(s, 0) for s in STATUSES}
+        entry["greedy_status_counts"] = {s: greedy_statuses.get(s, 0) for s in STATUSES}
+        result[name] = entry
+    return result
 
 
 def has_gold(question: Any) -> bool:
@@ -59,7 +138,7 @@ def graded_error_fraction(metrics: dict) -> tuple[int, int]:
     for name, m in metrics.items():
         if "/" not in name and is_graded(m):
             errors += m["status_counts"]["error"]
-            total += m["num_questions"] * m["samples_per_question"]
+            total += m["samples_drawn"] if m.get("adaptive") else m["num_questions"] * m["samples_per_question"]
     return errors, total
 
 
@@ -96,13 +175,7 @@ def compute_metrics(questions: list[Any], samples: pa.Table, greedy: pa.Table | 
             f"(first: {short[0]}, has {len(per_q.get(short[0], ()))}); rerun the job to resume"
         )
     ks = k_values(samples_per_question)
-    groups: dict[str, list] = defaultdict(list)
-    for q in questions:
-        groups[q.dataset].append(q)
-        if q.level:
-            groups[f"{q.dataset}/level={q.level}"].append(q)
-        if q.type:
-            groups[f"{q.dataset}/type={q.type}"].append(q)
+    groups = _groups(questions)
     cache: dict[str, dict] = {}
     result: dict[str, dict] = {}
     for name, members in groups.items():
@@ -169,14 +242,19 @@ def summary_table(metrics: dict, *, top_level_only: bool = True, label: str = "d
         m, ci = metrics[name], metrics[name]["ci95"]
         row = [name, str(m["num_questions"]), str(m["samples_per_question"]), fmt_pct(m["greedy_pass@1"], ci.get("greedy_pass@1"))]
         row += [fmt_pct(m["pass@k"][k], ci[f"pass@{k}"]) for k in ks]
-        row += [fmt_pct(m["maj@k"][ks[-1]], ci[f"maj@{ks[-1]}"]), fmt_pct(m["pass_ratio"], ci["pass_ratio"])]
+        if m["maj@k"] is None:  # an adaptive run: not available
+            row += ["n/a", "n/a"]
+        else:
+            row += [fmt_pct(m["maj@k"][ks[-1]], ci[f"maj@{ks[-1]}"]), fmt_pct(m["pass_ratio"], ci["pass_ratio"])]
         row += [str(m["status_counts"][s]) for s in ("no_answer", "timeout", "error")]
         lines.append("| " + " | ".join(row) + " |")
     return "\n".join(lines) + "\n"
 
 
 def maj_table(metrics: dict) -> str:
-    names = [n for n in metrics if "/" not in n and is_graded(metrics[n])]
+    names = [n for n in metrics if "/" not in n and is_graded(metrics[n]) and metrics[n]["maj@k"] is not None]
+    if not names:
+        return "(not available: an adaptive run stops at each question's first correct sample)\n"
     ks = list(metrics[names[0]]["maj@k"]) if names else []
     lines = ["| dataset | " + " | ".join(f"maj@{k}" for k in ks) + " |", "|" + "---|" * (len(ks) + 1)]
     for name in names:
@@ -215,14 +293,27 @@ def ungraded_table(metrics: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
+def drawn_table(metrics: dict) -> str:
+    """Adaptive runs: samples drawn vs the full n x questions per top-level dataset; empty otherwise."""
+    names = [n for n in metrics if "/" not in n and metrics[n].get("adaptive")]
+    if not names:
+        return ""
+    lines = ["| dataset | samples drawn | full run | fraction |", "|---|---|---|---|"]
+    for name in names:
+        m = metrics[name]
+        lines.append(f"| {name} | {m['samples_drawn']} | {m['samples_full']} | {100 * m['samples_drawn'] / m['samples_full']:.1f}% |")
+    return "\n".join(lines) + "\n"
+
+
 def write_summary_md(path: Path, metrics: dict, header: str) -> str:
-    selected, ungraded = select_table(metrics), ungraded_table(metrics)
+    selected, ungraded, drawn = select_table(metrics), ungraded_table(metrics), drawn_table(metrics)
     text = (
         f"{header}\n\nValues in percent, 95% bootstrap CI over questions in brackets.\n\n"
         f"## pass@k, greedy pass@1, PassRatio\n\n{summary_table(metrics)}\n"
         f"## maj@k\n\n{maj_table(metrics)}\n"
         + (f"## select@k (selection rules)\n\n{selected}\n" if selected else "")
-        + (f"## Ungraded datasets (no gold answers: answers stored, not scored)\n\n{ungraded}\n" if ungraded else "") +
+        + (f"## Ungraded datasets (no gold answers: answers stored, not scored)\n\n{ungraded}\n" if ungraded else "")
+        + (f"## Adaptive sampling (stop_at_first_correct): samples drawn\n\n{drawn}\n" if drawn else "") +
         f"## Breakdown by level and type\n\n{summary_table({k: v for k, v in metrics.items() if '/' in k}, top_level_only=False) if any('/' in k for k in metrics) else '(none)'}\n"
     )
     path.write_text(text)
@@ -246,7 +337,8 @@ def plot_passk(path: Path, metrics: dict) -> None:
             ax.plot(ks, [100 * v for v in m["pass@k"].values()], "o", color=color, label=f"{name} pass@k")
         else:
             ax.plot(ks, [100 * v for v in m["pass@k"].values()], "o-", color=color, label=f"{name} pass@k")
-        ax.plot(ks, [100 * v for v in m["maj@k"].values()], "s--", color=color, label=f"{name} maj@k")
+        if m["maj@k"] is not None:
+            ax.plot(ks, [100 * v for v in m["maj@k"].values()], "s--", color=color, label=f"{name} maj@k")
         for j, (rule_name, values) in enumerate(m.get("select@k", {}).items()):
             ax.plot(ks, [100 * values[str(k)] for k in ks], ":", marker="v^<>dP*"[j % 7], color=color,
                     label=f"{name} select@k {rule_name}")
