@@ -148,7 +148,7 @@ def test_every_configured_dataset_gets_its_own_tables_and_figures(tmp_path):
 def test_select_at_k_rows_and_panel_appear_only_when_runs_measured_selection_rules(run, tmp_path):
     """The stored run (made before select@k existed) renders without a select@k table and with a 2-panel
     figure; the same run with select@k added to two runs' metrics.json gets one row per (run, rule), equal to
-    metrics.json, and a third (select@k) panel in the figure."""
+    metrics.json, and a third (select@k) panel in the figure (pass@k drawn at every k where stored)."""
     from PIL import Image
 
     run_dir, md, _ = run
@@ -162,6 +162,7 @@ def test_select_at_k_rows_and_panel_appear_only_when_runs_measured_selection_rul
         data = json.loads(path.read_text())
         m = data["gsm8k"]
         m["select@k"] = {"arithmetic_checked": {k: min(1.0, v + shift) for k, v in m["maj@k"].items()}}
+        m["pass@every_k"] = [m["pass@k"][str(1 << (k.bit_length() - 1))] for k in range(1, 17)]  # a curve at every k
         m["ci95"].update({f"select@arithmetic_checked@{k}": [0.0, 1.0] for k in m["maj@k"]})
         path.write_text(json.dumps(data))
     write_report(other)
