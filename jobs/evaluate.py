@@ -11,6 +11,9 @@ Pipeline (Ray Data): request rows (a question's missing sample indices, in chunk
 processes, written as atomic Parquet parts (``lib.sample_store.GradeAndStore``) -> metrics on the driver.
 
 Resume: rerun with the same ``output_dir``: only missing (question_id, sample_idx) pairs are sampled.
+``stop_at_first_correct=true``: rounds of ``resources.samples_per_request`` samples for the questions without a
+correct sample yet (adaptive pass@k for every k; no PassRatio, maj@k or select@k).
+``selection``: the ``lib.selection`` rules whose select@k is reported beside maj@k.
 Stages: ``stage=all`` (default), ``stage=sample`` (no metrics), ``stage=grade`` (re-grade stored samples
 after a grader change, no sampling), ``stage=metrics`` (recompute metrics only).
 
@@ -39,11 +42,13 @@ from lib.grading import DEFAULT_TIMEOUT_S
 from lib.grading import settings as grader_settings
 from lib.progress import Progress, setup_logging
 from lib.prompts import get_prompt
-from lib.report import compute_metrics, estimator_notes, plot_passk, summary_table, write_metrics_json, write_summary_md
+from lib.report import (check_selection, compute_adaptive_metrics, compute_metrics, estimator_notes, graded_error_fraction,
+                        plot_passk, prefix_first_successes, summary_table, write_metrics_json, write_summary_md)
 from lib.output_dir import disk_full, hold_output_dir, prepare_output_dir
 from lib.symbolic_report import write_report as write_symbolic_report
 from lib.sample_store import GradeAndStore, SampleStore, plan_requests
 from lib.sampling import EngineConfig
+from lib.selection import NEEDS_TEXTS
 
 log = logging.getLogger("mathray.evaluate")
 
@@ -99,6 +104,12 @@ class EvaluateConfig(StrictModel):
     grading_timeout_s: float = Field(DEFAULT_TIMEOUT_S, gt=0)
     max_error_fraction: float = Field(0.05, ge=0, le=1, description="fail when more samples than this end in status error")
     seed: int = 0
+    stop_at_first_correct: bool = Field(False, description="adaptive sampling: draw each question's samples in chunks of "
+                                        "resources.samples_per_request and stop after the chunk holding its first correct "
+                                        "sample; reports pass@k for every k, no PassRatio / maj@k / select@k")
+    selection: list[str] = Field(default_factory=lambda: ["majority", "arithmetic_checked"],
+                                 description="lib.selection rules whose select@k is reported (rules needing "
+                                 "verifier/judge scores are refused: this job computes no scores)")
     engine_log_level: str = Field("WARNING", description="vLLM's log level inside the sampling actors")
     ray_data_progress: bool = Field(False, description="also show Ray Data's own operator progress (verbose)")
     engine: EngineConfig = Field(default_factory=EngineConfig)
@@ -109,6 +120,11 @@ class EvaluateConfig(StrictModel):
     def _known_prompt(cls, name: str) -> str:
         get_prompt(name)
         return name
+
+    @field_validator("selection")
+    @classmethod
+    def _known_rules(cls, names: list[str]) -> list[str]:
+        return check_selection(names)
 
     @field_validator("datasets")
     @classmethod
@@ -220,7 +236,26 @@ def init_ray() -> None:
         ray.init(include_dashboard=False)
 
 
-def run_sampling(config: EvaluateConfig, questions: list, output_dir: Path) -> None:
+def run_adaptive_sampling(config: EvaluateConfig, questions: list, output_dir: Path, sample=None) -> None:
+    """``stop_at_first_correct``: rounds of one chunk (``resources.samples_per_request``) for the questions whose
+    stored prefix holds no correct sample yet, until each has one or all n samples. Resumable: each round
+    reads the stored rows. ``sample`` (default :func:`run_sampling`) draws a round."""
+    sample = sample or run_sampling
+    n, chunk = config.samples_per_question, config.resources.samples_per_request
+    store = SampleStore(output_dir)
+    target = 0
+    while target < n:
+        target = min(n, target + chunk)
+        firsts = prefix_first_successes(store.read("samples", ["question_id", "sample_idx", "status", "canonical"]), n)
+        active = [q for q in questions if firsts.get(q.id, (None, 0))[0] is None]
+        if not active:
+            break
+        log.info("adaptive sampling: %d of %d questions without a correct sample; samples up to %d", len(active), len(questions), target)
+        sample(config, active, output_dir, samples_per_question=target)
+
+
+def run_sampling(config: EvaluateConfig, questions: list, output_dir: Path, samples_per_question: int | None = None) -> None:
+    """Sample the missing (question, sample_idx < samples_per_question) pairs (default: the config's n)."""
     import ray
 
     from lib.sampling import SamplingSettings, VLLMSampler
@@ -232,7 +267,7 @@ def run_sampling(config: EvaluateConfig, questions: list, output_dir: Path) -> N
         questions,
         store.existing("samples"),
         store.existing("greedy"),
-        samples_per_question=config.samples_per_question,
+        samples_per_question=samples_per_question or config.samples_per_question,
         samples_per_request=config.resources.samples_per_request,
         greedy=config.greedy,
     )
@@ -323,9 +358,17 @@ def run_metrics(config: EvaluateConfig, questions: list, output_dir: Path) -> tu
     store = SampleStore(output_dir)
     store.clean()
     columns = ["question_id", "sample_idx", "status", "canonical"]
-    metrics = compute_metrics(questions, store.read("samples", columns), store.read("greedy", columns), config.samples_per_question, seed=config.seed)
-    errors = sum(m["status_counts"]["error"] for name, m in metrics.items() if "/" not in name)
-    total = sum(m["num_questions"] * config.samples_per_question for name, m in metrics.items() if "/" not in name)
+    if config.stop_at_first_correct:
+        return _write_metrics(config, questions, output_dir, compute_adaptive_metrics(
+            questions, store.read("samples", columns), store.read("greedy", columns), config.samples_per_question, seed=config.seed))
+    sample_columns = columns + (["text"] if NEEDS_TEXTS.intersection(config.selection) else [])
+    metrics = compute_metrics(questions, store.read("samples", sample_columns), store.read("greedy", columns),
+                              config.samples_per_question, seed=config.seed, selection=config.selection)
+    return _write_metrics(config, questions, output_dir, metrics)
+
+
+def _write_metrics(config: EvaluateConfig, questions: list, output_dir: Path, metrics: dict) -> tuple[dict, str]:
+    errors, total = graded_error_fraction(metrics)  # datasets without gold answers (ungraded) do not count
     write_metrics_json(output_dir / "metrics.json", metrics, grader_settings())
     header = f"# Evaluation of `{config.model}` ({config.samples_per_question} samples/question, T={config.temperature}, prompt `{config.prompt}`)"
     write_summary_md(output_dir / "summary.md", metrics, header)
@@ -333,7 +376,8 @@ def run_metrics(config: EvaluateConfig, questions: list, output_dir: Path) -> tu
     log.info("wrote %s, summary.md, passk.png", output_dir / "metrics.json")
     if total and errors / total > config.max_error_fraction:
         raise RuntimeError(f"{errors} of {total} samples ended in status error (> max_error_fraction {config.max_error_fraction})")
-    symbolic = write_symbolic_report(output_dir, config.samples_per_question, seed=config.seed)  # None without GSM-Symbolic
+    symbolic = None if config.stop_at_first_correct else write_symbolic_report(  # None without GSM-Symbolic
+        output_dir, config.samples_per_question, seed=config.seed)
     return metrics, f"\n{header}\n\n{summary_table(metrics)}" + (f"\n\n{symbolic['markdown']}" if symbolic else "")
 
 
@@ -363,7 +407,7 @@ def main(argv: list[str] | None = None) -> dict | None:
         dump_config(config, output_dir / "config.yaml", provenance(config))
         start = time.monotonic()
         if config.stage in ("all", "sample"):
-            run_sampling(config, questions, output_dir)
+            (run_adaptive_sampling if config.stop_at_first_correct else run_sampling)(config, questions, output_dir)
         if config.stage == "grade":
             run_grading(config, questions, output_dir)
         metrics, table = run_metrics(config, questions, output_dir) if config.stage != "sample" else (None, "")

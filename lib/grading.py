@@ -65,7 +65,7 @@ except PackageNotFoundError:  # pragma: no cover - math-verify is a hard depende
 
 GRADER_VERSION = f"mathray-grader-1+math-verify-{MATH_VERIFY_VERSION}"
 DEFAULT_TIMEOUT_S = 5.0
-STATUSES = ("correct", "incorrect", "no_answer", "timeout", "error")
+STATUSES = ("correct", "incorrect", "no_answer", "timeout", "error", "ungraded")  # ungraded: an answer, no gold
 FLOAT_ROUNDING = 6
 NUMERIC_PRECISION = 15
 RELATIVE_TOLERANCE = 1e-12
@@ -303,11 +303,16 @@ class Grader:
         self.close()
 
     def grade(self, response: str, gold: str, cache_key: str | None = None) -> Verdict:
-        """Extract the answer from ``response`` and compare it with ``gold``; never raises."""
+        """Extract the answer from ``response`` and compare it with ``gold``; never raises. Without a gold answer
+        (None or blank: the source has none) an extracted answer is ``ungraded``, never ``correct``."""
         try:
             extracted = extract_answer(response)
         except Exception as exc:  # noqa: BLE001
             return Verdict("error", None, "none", None, f"extraction failed: {type(exc).__name__}")
+        if gold is None or not str(gold).strip():  # the source has no gold answer (e.g. hungarian_exam)
+            if extracted.answer is None:
+                return Verdict("no_answer", None, extracted.method, None)
+            return Verdict("ungraded", extracted.answer, extracted.method, normalize_answer(extracted.answer))
         gold_norm = normalize_answer(gold)
         if not gold_norm:
             return Verdict("error", extracted.answer, extracted.method, None, "gold answer is empty")

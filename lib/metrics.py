@@ -55,6 +55,27 @@ def pass_ratio(n: int, c: int) -> float:
     return c / n
 
 
+def pass_at_every_k(n: int, c: int) -> np.ndarray:
+    """pass@k for k = 1..n (index k-1) of one question: ``1 - prod_{j<k} (1 - c/(n-j))``, the same estimator
+    as :func:`pass_at_k` from one cumulative sum of logs (O(n) for all k)."""
+    if not 0 <= c <= n or n < 1:
+        raise ValueError(f"need 0 <= c <= n and n >= 1, got n={n}, c={c}")
+    with np.errstate(divide="ignore"):
+        # term j is log((n-c-j)/(n-j)): -inf from j = n-c on (every k-subset holds a correct sample)
+        log_all_wrong = np.cumsum(np.log1p(np.maximum(-c / np.arange(n, 0, -1, dtype=np.float64), -1.0)))
+    return 1.0 - np.exp(log_all_wrong)
+
+
+def pass_curve(per_question: Sequence[dict]) -> list[float]:
+    """Mean over questions of pass@k for every k = 1..n (list index k-1); one curve per distinct (n, c)."""
+    sizes = {q["n"] for q in per_question}
+    if len(sizes) != 1:
+        raise ValueError(f"questions have different sample counts {sorted(sizes)}")
+    counts = np.bincount([q["c"] for q in per_question], minlength=sizes.pop() + 1)
+    curves = {c: pass_at_every_k(len(counts) - 1, c) for c in np.flatnonzero(counts)}
+    return [float(v) for v in sum(counts[c] * curve for c, curve in curves.items()) / counts.sum()]
+
+
 def k_values(n: int) -> list[int]:
     """The k reported for ``n`` samples: powers of two up to ``n``, and ``n`` itself."""
     ks = [1 << i for i in range(n.bit_length()) if (1 << i) <= n]
@@ -163,24 +184,34 @@ def bootstrap_ci(
     return (float(lo), float(hi))
 
 
-def question_metrics(keys: Sequence[str | None], correct: Sequence[bool], ks: Sequence[int], *, seed: int = 0) -> dict:
-    """Per-question values of every metric: ``{"n", "c", "pass_ratio", "pass@k": {k: v}, "maj@k": {k: v}}``."""
+def question_metrics(keys: Sequence[str | None], correct: Sequence[bool], ks: Sequence[int], *, seed: int = 0,
+                     selection: Sequence[str] = (), texts: Sequence[str] | None = None,
+                     scores: Sequence[float | None] | None = None) -> dict:
+    """Per-question values of every metric: ``{"n", "c", "pass_ratio", "pass@k": {k: v}, "maj@k": {k: v}}``,
+    plus ``"select@k": {rule: {k: v}}`` for each rule in ``selection`` (``texts`` / ``scores``: per sample,
+    for the rules that read them)."""
     n, c = len(correct), int(sum(bool(x) for x in correct))
-    return {
+    out = {
         "n": n,
         "c": c,
         "pass_ratio": pass_ratio(n, c),
         "pass@k": {k: pass_at_k(n, c, k) for k in ks},
         "maj@k": maj_at_k_all(keys, correct, ks, seed=seed),
     }
+    if selection:
+        out["select@k"] = {name: select_at_k_all(name, keys, correct, ks, scores=scores, texts=texts, seed=seed)
+                           for name in selection}
+    return out
 
 
 def aggregate(per_question: Sequence[dict], greedy_correct: Sequence[bool] | None, *, seed: int = 0) -> dict:
     """Average per-question metrics into one group's report, each with a 95% bootstrap CI.
 
     Returns ``{"num_questions", "samples_per_question", "greedy_pass@1", "pass@k", "maj@k",
-    "pass_ratio", "ci95"}`` with k keys as strings; ``ci95`` maps each metric name
-    (``"pass@4"``, ``"maj@4"``, ``"pass_ratio"``, ``"greedy_pass@1"``) to ``[lo, hi]``.
+    "pass_ratio", "pass@every_k", "ci95"}`` with k keys as strings (``pass@every_k``: pass@k for every k = 1..n,
+    list index k-1, no CIs; only when every question has the same n), and ``"select@k": {rule: {k: v}}`` when the questions
+    carry it; ``ci95`` maps each metric name (``"pass@4"``, ``"maj@4"``, ``"select@majority@4"``,
+    ``"pass_ratio"``, ``"greedy_pass@1"``) to ``[lo, hi]``.
     """
     if not per_question:
         raise ValueError("no questions to aggregate")
@@ -196,7 +227,12 @@ def aggregate(per_question: Sequence[dict], greedy_correct: Sequence[bool] | Non
     out["greedy_pass@1"] = add("greedy_pass@1", [float(x) for x in greedy_correct]) if greedy_correct else None
     out["pass@k"] = {str(k): add(f"pass@{k}", [q["pass@k"][k] for q in per_question]) for k in ks}
     out["maj@k"] = {str(k): add(f"maj@{k}", [q["maj@k"][k] for q in per_question]) for k in ks}
+    if all("select@k" in q for q in per_question):
+        out["select@k"] = {name: {str(k): add(f"select@{name}@{k}", [q["select@k"][name][k] for q in per_question])
+                                  for k in ks} for name in per_question[0]["select@k"]}
     out["pass_ratio"] = add("pass_ratio", [q["pass_ratio"] for q in per_question])
+    if len(sizes) == 1:
+        out["pass@every_k"] = pass_curve(per_question)
     out["ci95"] = ci
     return out
 

@@ -18,7 +18,7 @@ from typing import Any
 
 import yaml
 
-from lib.report import fmt_pct, summary_table
+from lib.report import fmt_pct, is_graded, select_table, summary_table
 
 # Reported in the paper (arXiv 2403.04706, LLaMA-2 base models, GPT-4 Turbo teacher): for comparison only.
 PAPER_REFERENCE = [
@@ -84,7 +84,7 @@ def manifest(run_dir: Path, config: dict, base_eval: dict, runs: list[dict]) -> 
 
 def datasets(runs: list[dict]) -> list[str]:
     base = next((r["metrics"] for r in runs if r["metrics"]), None) or {}
-    return [name for name in base if "/" not in name]
+    return [name for name in base if "/" not in name and is_graded(base[name])]  # ungraded sets have no curves
 
 
 def scaling_table(runs: list[dict], dataset: str) -> str:
@@ -203,16 +203,26 @@ def plot_scaling(path: Path, runs: list[dict], dataset: str) -> None:
 
 
 def plot_passk_curves(path: Path, runs: list[dict], dataset: str) -> None:
-    """pass@k (solid) and maj@k (dashed) vs k on a log2 axis, one colour per run."""
+    """pass@k (solid), maj@k (dashed) and, when the runs measured selection rules, select@k (dotted, one
+    marker per rule) vs k on a log2 axis, one panel each, one colour per run."""
     plt = _plt()
-    fig, axes = plt.subplots(1, 2, figsize=(12, 4.2), sharey=True)
-    for i, r in enumerate(r for r in runs if r["metrics"] and dataset in r["metrics"]):
+    measured = [r for r in runs if r["metrics"] and dataset in r["metrics"]]
+    has_select = any(r["metrics"][dataset].get("select@k") for r in measured)
+    fig, axes = plt.subplots(1, 3 if has_select else 2, figsize=(18 if has_select else 12, 4.2), sharey=True)
+    for i, r in enumerate(measured):
         m = r["metrics"][dataset]
         ks = [int(k) for k in m["pass@k"]]
-        axes[0].plot(ks, [100 * v for v in m["pass@k"].values()], "o-", color=f"C{i % 10}", label=r["name"])
+        if m.get("pass@every_k"):  # the curve at every k; markers at the reported k
+            axes[0].plot(range(1, len(m["pass@every_k"]) + 1), [100 * v for v in m["pass@every_k"]], "-", color=f"C{i % 10}")
+            axes[0].plot(ks, [100 * v for v in m["pass@k"].values()], "o", color=f"C{i % 10}", label=r["name"])
+        else:
+            axes[0].plot(ks, [100 * v for v in m["pass@k"].values()], "o-", color=f"C{i % 10}", label=r["name"])
         axes[1].plot(ks, [100 * v for v in m["maj@k"].values()], "s--", color=f"C{i % 10}", label=r["name"])
-    ks = sorted({int(k) for r in runs if r["metrics"] and dataset in r["metrics"] for k in r["metrics"][dataset]["pass@k"]})
-    for ax, label in zip(axes, ("pass@k", "maj@k")):
+        for j, (rule_name, values) in enumerate((m.get("select@k") or {}).items()):
+            axes[2].plot([int(k) for k in values], [100 * v for v in values.values()], ":", marker="v^<>dP*"[j % 7],
+                         color=f"C{i % 10}", label=f"{r['name']} {rule_name}")
+    ks = sorted({int(k) for r in measured for k in r["metrics"][dataset]["pass@k"]})
+    for ax, label in zip(axes, ("pass@k", "maj@k", "select@k")):
         ax.set_xscale("log", base=2)
         ax.set_xticks(ks, [str(k) for k in ks])
         ax.set_xlabel("k (samples)")
@@ -291,12 +301,14 @@ def render_markdown(data: dict, figures: dict[str, str]) -> str:
         out += [f"### {ds}", "", scaling_table(runs, ds)]
         if f"scaling_{ds}" in figures:
             out += [f"![data scaling on {ds}]({figures[f'scaling_{ds}']})", ""]
-    out += ["## pass@k and maj@k curves", ""]
+    out += ["## pass@k, maj@k and select@k curves", ""]
     for ds in names:
         rows = {r["name"]: r["metrics"][ds] for r in runs if r["metrics"] and ds in r["metrics"]}
         out += [f"### {ds}", "", summary_table(rows, label="run")]
+        if selected := select_table(rows, label="run"):
+            out += ["select@k: the accuracy of each selection rule (`lib.selection`) applied to k samples.", "", selected]
         if f"passk_{ds}" in figures:
-            out += [f"![pass@k and maj@k on {ds}]({figures[f'passk_{ds}']})", ""]
+            out += [f"![pass@k, maj@k and select@k on {ds}]({figures[f'passk_{ds}']})", ""]
     out += ["## Error analysis: calculation vs reasoning errors", "",
             "Rates are shares of all samples of a run. `arithmetic` is judge-free (explicit `expression = number` "
             "statements re-evaluated; the rest is *no arithmetic slip found*, not a judgement); `judge` is an LLM's "

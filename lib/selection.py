@@ -152,6 +152,10 @@ RULES: dict[str, Callable[[Samples], Votes]] = {
 }
 
 
+NEEDS_TEXTS = frozenset({"arithmetic_checked"})  # rules that read each sample's full response
+NEEDS_SCORES = frozenset({"verifier_weighted", "judge_top_groups"})  # rules that need a per-sample score
+
+
 def rule(name: str) -> Callable[[Samples], Votes]:
     """The rule registered as ``name``; a ValueError naming the known rules otherwise."""
     if name not in RULES:

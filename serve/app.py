@@ -5,11 +5,13 @@ seed, streaming for n=1, and the ``mathray`` best-of-N extension), ``POST /v1/ve
 ``GET /health`` (liveness), ``GET /ready`` (the model answers). Every ``/v1`` route needs
 ``Authorization: Bearer <key>``. Errors have OpenAI's shape and never carry a stack trace.
 
-Best-of-N: ``"mathray": {"selection": "majority" | "verifier", "n": 16, "reference": "42"}`` samples n
-completions, extracts their final answers, groups equivalent answers with ``lib.grading`` and returns
-the chosen completion (one choice) plus ``mathray``: the answers, groups, votes, verdicts and the reason.
-With ``verifier`` the samples are graded against ``reference``, or without one the model itself judges
-the largest groups' representatives (the paper's verification prompt).
+Best-of-N: ``"mathray": {"selection": <rule>, "n": 16, "reference": "42"}`` samples n completions, extracts
+their final answers, groups equivalent answers with ``lib.grading`` and returns the completion chosen by
+the rule (one choice) plus ``mathray``: the answers, groups, votes, verdicts and the reason. A rule is any
+name of ``lib.selection.RULES`` (the rules the evaluation job measures as select@k) or ``verifier`` (alias
+of ``judge_top_groups``). Rules that need per-sample scores (``verifier``, ``judge_top_groups``,
+``verifier_weighted``) score the samples by grading against ``reference``, or without one the model itself
+judges the largest groups' representatives (the paper's verification prompt; unjudged samples score 0).
 
 Run:    serve run serve/configs/serve_default_cpu.yaml       (or ``make serve``)
 Deploy: serve deploy serve/configs/serve_default_cpu.yaml    (to a running cluster)
@@ -32,7 +34,8 @@ from ray import serve
 from ray.serve.handle import DeploymentHandle
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from serve.best_of_n import JUDGED_GROUPS, choose
+from lib.selection import NEEDS_SCORES
+from serve.best_of_n import JUDGED_GROUPS, SERVE_RULES, choose
 from serve.config import ServeArgs
 from serve.model import ModelServer
 from serve.openai_api import (
@@ -284,10 +287,11 @@ class Ingress:
         groups = await self.verifier.group.remote(answers)
         verdicts: dict[int, bool | None] = {}
         judged_tokens = 0
-        if spec.selection == "verifier" and spec.reference is not None:
+        scored = SERVE_RULES.get(spec.selection, spec.selection) in NEEDS_SCORES
+        if scored and spec.reference is not None:
             graded = await self.verifier.grade_many.remote(texts, spec.reference)
             verdicts = {i: v["status"] == "correct" for i, v in enumerate(graded)}
-        elif spec.selection == "verifier":
+        elif scored:
             reps = [g[0] for g in groups[:JUDGED_GROUPS]]
             judgements = await asyncio.gather(*[self.model.generate.remote(
                 {"messages": verify_messages(question_of(body), texts[i]), "n": 1, "temperature": 0.0, "max_tokens": 256})
@@ -295,7 +299,7 @@ class Ingress:
             for i, judged in zip(reps, judgements):
                 verdicts[i] = parse_verdict(judged["choices"][0]["text"]) if "error" not in judged else None
                 judged_tokens += sum(c["num_tokens"] for c in judged.get("choices", []))
-        chosen, trace = choose(answers, groups, spec.selection, verdicts)
+        chosen, trace = choose(answers, groups, spec.selection, verdicts, texts=texts)
         trace["judge_completion_tokens"] = judged_tokens
         build = chat_response if kind == "chat" else completion_response
         response = build(self.args.served_name, result, choices=[result["choices"][chosen]])

@@ -12,14 +12,25 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
+from lib.selection import RULES
+from serve.best_of_n import SERVE_RULES
+
 
 class BestOfN(BaseModel):
-    """The ``mathray`` extension: sample ``n``, pick the majority answer or the verifier's choice."""
+    """The ``mathray`` extension: sample ``n``, pick one by a selection rule of ``lib.selection.RULES``
+    (or ``verifier``, Serve's name for ``judge_top_groups``)."""
 
     model_config = ConfigDict(extra="forbid")
-    selection: Literal["majority", "verifier"] = "majority"
+    selection: str = "majority"
     n: int = Field(8, ge=1)
     reference: str | None = Field(None, description="gold answer: the verifier grades against it")
+
+    @field_validator("selection")
+    @classmethod
+    def _known_rule(cls, name: str) -> str:
+        if name not in RULES and name not in SERVE_RULES:
+            raise ValueError(f"unknown selection {name!r}; known: {', '.join(sorted([*RULES, *SERVE_RULES]))}")
+        return name
 
 
 class Message(BaseModel):

@@ -28,3 +28,16 @@ def test_unknown_dataset_is_rejected_before_work():
     """A dataset name typo fails at config load with the list of known datasets."""
     with pytest.raises(ValueError, match="unknown dataset 'gsm9k'"):
         load_config(EvaluateConfig, None, ["datasets=[gsm9k]"])
+
+
+def test_evaluate_selection_is_validated_at_config_load_naming_the_key():
+    """issue 15: selection defaults to majority + arithmetic_checked; a score-needing or unknown rule is a
+    config error naming the key `selection` (before any sampling)."""
+    from jobs.evaluate import EvaluateConfig
+    from lib.config import ConfigError, load_config
+
+    assert EvaluateConfig().selection == ["majority", "arithmetic_checked"]
+    assert load_config(EvaluateConfig, None, ["selection=[random]"]).selection == ["random"]
+    for bad in ("selection=[judge_top_groups]", "selection=[nope]"):
+        with pytest.raises(ConfigError, match="selection"):
+            load_config(EvaluateConfig, None, [bad])

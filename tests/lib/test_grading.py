@@ -292,11 +292,11 @@ def test_grade_no_answer(grader):
 
 
 @pytest.mark.parametrize("gold", ["", "   ", None])
-def test_grade_empty_gold_is_error(grader, gold):
-    """An empty gold answer is a grader "error", never "correct"."""
-    verdict = grader.grade("\\boxed{5}", gold)
-    assert verdict.status == "error"
-    assert verdict.error == "gold answer is empty"
+def test_grade_without_gold_is_ungraded_never_correct_nor_error(grader, gold):
+    """No gold answer (a set like hungarian_exam): an extracted answer is "ungraded" (stored with its canonical
+    form for grouping), no answer is "no_answer"; never "correct", never "error" (which would fail the run)."""
+    assert grader.grade("\\boxed{5}", gold) == Verdict("ungraded", "5", "boxed", "5", None)
+    assert grader.grade("I cannot tell.", gold).status == "no_answer"
 
 
 def test_grade_unparseable_gold_is_error(grader):

@@ -196,3 +196,29 @@ def test_adaptive_estimate_from_first_success_prefixes_agrees_with_the_full_esti
         lo, hi = out["ci95"][k]
         assert lo <= full <= hi, (k, full, lo, hi)
     assert sum(drawn) < 0.25 * n * num_questions
+
+
+# ------------------------------------------------------------------------- pass@k at every k (issue 15)
+
+
+def test_pass_at_every_k_equals_the_product_form_estimator_at_every_k():
+    """The cumulative-log curve equals pass_at_k for every k and c (including c = 0, c = n and k > n - c,
+    where it is exactly 1) for n = 1..12 and n = 1024 at spot values."""
+    from lib.metrics import pass_at_every_k
+
+    for n in range(1, 13):
+        for c in range(n + 1):
+            assert pass_at_every_k(n, c) == pytest.approx([pass_at_k(n, c, k) for k in range(1, n + 1)], abs=1e-12)
+    curve = pass_at_every_k(1024, 3)
+    assert [curve[k - 1] for k in (1, 100, 1022, 1024)] == pytest.approx([pass_at_k(1024, 3, k) for k in (1, 100, 1022, 1024)], abs=1e-12)
+    assert curve[1021] == 1.0
+
+
+def test_aggregate_stores_pass_at_every_k_as_the_mean_curve():
+    """n = 4, c = 1 and c = 4: pass@every_k = mean of (1/4, 1/2, 3/4, 1) and 1 -> (5/8, 3/4, 7/8, 1); the reported
+    k keep their CIs, the curve has none."""
+    q1 = question_metrics(["1", "2", "2", "2"], [True, False, False, False], [1, 2, 4])
+    q2 = question_metrics(["1"] * 4, [True] * 4, [1, 2, 4])
+    out = aggregate([q1, q2], None)
+    assert out["pass@every_k"] == pytest.approx([5 / 8, 3 / 4, 7 / 8, 1.0], abs=1e-15)
+    assert [out["pass@every_k"][k - 1] for k in (1, 2, 4)] == pytest.approx([out["pass@k"][str(k)] for k in (1, 2, 4)], abs=1e-15)

@@ -71,7 +71,7 @@ def test_data_scaling_table_equals_metrics_json_for_every_run(run):
 
 
 def test_passk_table_has_every_k_for_every_run(run):
-    for row, m in rows_with_metrics(run, "## pass@k and maj@k curves"):
+    for row, m in rows_with_metrics(run, "## pass@k, maj@k and select@k curves"):
         for k in ("1", "2", "4", "8", "16"):
             assert row[f"pass@{k}"] == pct(m["pass@k"][k], m["ci95"][f"pass@{k}"])
 
@@ -143,3 +143,35 @@ def test_every_configured_dataset_gets_its_own_tables_and_figures(tmp_path):
     assert [r["run"] for r in rows] == list(RUNS) and {r["greedy pass@1"] for r in rows} == {"62.5 [25.0, 100.0]"}
     assert table_after(md, "### gsm8k")[0]["greedy pass@1"] == "12.5 [0.0, 37.5]"
     assert (run_dir / "figures" / "scaling_svamp.png").exists() and (run_dir / "figures" / "passk_svamp.png").exists()
+
+
+def test_select_at_k_rows_and_panel_appear_only_when_runs_measured_selection_rules(run, tmp_path):
+    """The stored run (made before select@k existed) renders without a select@k table and with a 2-panel
+    figure; the same run with select@k added to two runs' metrics.json gets one row per (run, rule), equal to
+    metrics.json, and a third (select@k) panel in the figure (pass@k drawn at every k where stored)."""
+    from PIL import Image
+
+    run_dir, md, _ = run
+    assert "select@" not in md.split("## pass@k, maj@k and select@k curves", 1)[1].split("## Error analysis", 1)[0].replace(
+        "![pass@k, maj@k and select@k", "")
+    two_panels = Image.open(run_dir / "figures" / "passk_gsm8k.png").size
+    other = tmp_path / "run"
+    shutil.copytree(STORED, other)
+    for name, shift in (("base", 0.0), ("real-32", 0.0625)):
+        path = other / RUNS[name] / "metrics.json"
+        data = json.loads(path.read_text())
+        m = data["gsm8k"]
+        m["select@k"] = {"arithmetic_checked": {k: min(1.0, v + shift) for k, v in m["maj@k"].items()}}
+        m["pass@every_k"] = [m["pass@k"][str(1 << (k.bit_length() - 1))] for k in range(1, 17)]  # a curve at every k
+        m["ci95"].update({f"select@arithmetic_checked@{k}": [0.0, 1.0] for k in m["maj@k"]})
+        path.write_text(json.dumps(data))
+    write_report(other)
+    md2 = (other / "report.md").read_text()
+    rows = table_after(md2, "## pass@k, maj@k and select@k curves", nth=1)
+    assert [(r["run"], r["rule"]) for r in rows] == [("base", "arithmetic_checked"), ("real-32", "arithmetic_checked")]
+    for row in rows:
+        m = metrics(other, row["run"])
+        for k in ("1", "2", "4", "8", "16"):
+            assert row[f"select@{k}"] == pct(m["select@k"]["arithmetic_checked"][k], [0.0, 1.0])
+    three_panels = Image.open(other / "figures" / "passk_gsm8k.png").size
+    assert three_panels[0] > two_panels[0] and three_panels[1] == two_panels[1]

@@ -1,5 +1,7 @@
 """Best-of-N selection rules on fixed answers, groups and verdicts (no Ray, no model)."""
 
+import pytest
+
 from serve.best_of_n import choose
 
 ANSWERS = ["5", "7", "5", None, "7", "5", "9"]
@@ -53,3 +55,75 @@ def test_a_registry_rule_by_name_reports_its_group():
     chosen, trace = choose(ANSWERS, GROUPS, "arithmetic_checked",
                            texts=["2 + 2 = 5", "3 + 4 = 7", "2 + 2 = 5", "", "3 + 4 = 7", "2 + 2 = 5", ""])
     assert (chosen, trace["chosen_answer"], trace["reason"]) == (1, "7", "arithmetic_checked: group of 2 of 7 samples")
+
+
+class _Remote:
+    def __init__(self, fn):
+        self.fn, self.calls = fn, []
+
+    def remote(self, *args):
+        self.calls.append(args)
+
+        async def result():
+            return self.fn(*args)
+        return result()
+
+
+def served_best_of_n(selection: str, texts: list[str], reference: str | None = None):
+    """Ingress.best_of_n with fake model/verifier handles (no Ray): returns (response, grade_many calls, judge calls)."""
+    import asyncio
+    from types import SimpleNamespace
+
+    from lib.selection import group_answers, largest_first, same_canonical
+    from serve.app import Ingress
+    from serve.openai_api import ChatRequest
+
+    def generate(request):
+        if request.get("n", 1) == len(texts) and "messages" not in request:
+            return {"prompt_tokens": 3, "choices": [{"text": t, "num_tokens": 1, "finish_reason": "stop"} for t in texts]}
+        return {"prompt_tokens": 3, "choices": [{"text": "The solution is correct.", "num_tokens": 5, "finish_reason": "stop"}]}
+
+    model = SimpleNamespace(generate=_Remote(generate))
+    verifier = SimpleNamespace(group=_Remote(lambda answers: largest_first(group_answers(answers, same_canonical))),
+                               grade_many=_Remote(lambda ts, ref: [{"status": "correct" if f"boxed{{{ref}}}" in t else "incorrect"} for t in ts]))
+    fake = SimpleNamespace(model=model, verifier=verifier, args=SimpleNamespace(served_name="mathray"),
+                           engine_request=lambda body, n: {"n": n})
+    body = ChatRequest.model_validate({"model": "mathray", "messages": [{"role": "user", "content": "q"}],
+                                       "mathray": {"selection": selection, "n": len(texts), "reference": reference}})
+    response = asyncio.run(Ingress.func_or_class.best_of_n(fake, body, "chat"))
+    return response, verifier.grade_many.calls, model.generate.calls[1:]
+
+
+TEXTS = ["2 + 2 = 5 so \\boxed{5}", "3 + 4 = 7 so \\boxed{7}", "2 + 2 = 5 so \\boxed{5}", "3 + 4 = 7 so \\boxed{7}",
+         "2 + 2 = 5 so \\boxed{5}"]
+
+
+def test_the_endpoint_serves_registry_rules_by_name_with_the_completions_texts():
+    """The served path passes the completions' texts to choose: arithmetic_checked drops the three "5" samples
+    (2 + 2 = 5) and serves "7"; majority serves "5"; neither grades nor judges. (Before issue 15's wiring the
+    request model accepted only majority/verifier, and Serve never passed texts.)"""
+    response, graded, judged = served_best_of_n("arithmetic_checked", TEXTS)
+    assert response["mathray"]["chosen_answer"] == "7" and response["choices"][0]["message"]["content"] == TEXTS[1]
+    assert (graded, judged) == ([], [])
+    assert served_best_of_n("majority", TEXTS)[0]["mathray"]["chosen_answer"] == "5"
+
+
+def test_score_rules_are_scored_by_the_reference_or_the_judge():
+    """verifier_weighted with a reference grades every sample (the "7" samples score 1 and win); without one the
+    model judges the largest groups' representatives (2 judge calls here, one per group)."""
+    response, graded, judged = served_best_of_n("verifier_weighted", TEXTS, reference="7")
+    assert response["mathray"]["chosen_answer"] == "7" and len(graded) == 1 and judged == []
+    response, graded, judged = served_best_of_n("judge_top_groups", TEXTS)
+    assert graded == [] and len(judged) == 2 and response["mathray"]["chosen_answer"] == "5"  # both judged correct: larger
+
+
+def test_the_request_accepts_every_registry_rule_and_the_verifier_alias_only():
+    from pydantic import ValidationError
+
+    from lib.selection import RULES
+    from serve.openai_api import BestOfN
+
+    for name in [*RULES, "verifier"]:
+        assert BestOfN(selection=name).selection == name
+    with pytest.raises(ValidationError, match="unknown selection 'best'"):
+        BestOfN(selection="best")
