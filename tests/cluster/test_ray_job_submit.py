@@ -106,10 +106,17 @@ def wait_until(check, timeout: float, what: str):
 
 
 def submit(line: str, overrides: list[str], cwd: Path, env: dict[str, str], log: Path) -> int:
-    """Run the README's line (shell-split, overrides appended) from the checkout copy; its exit code."""
+    """Run the README's line (shell-split, overrides appended) from the checkout copy; its exit code. A head whose
+    job agent has not registered yet refuses with "No available agent to submit job, please try again later"
+    (no job is created): that submission is tried again, as the message says, for up to 120 s."""
     argv = shlex.split(line) + overrides
-    with open(log, "w") as out:
-        return subprocess.run(argv, cwd=cwd, env=env, stdout=out, stderr=subprocess.STDOUT, timeout=600).returncode
+    deadline = time.monotonic() + 120
+    while True:
+        with open(log, "w") as out:
+            code = subprocess.run(argv, cwd=cwd, env=env, stdout=out, stderr=subprocess.STDOUT, timeout=600).returncode
+        if code == 0 or "No available agent to submit job" not in log.read_text() or time.monotonic() > deadline:
+            return code
+        time.sleep(3)
 
 
 @pytest.mark.slow
