@@ -18,7 +18,8 @@ from typing import Any
 
 import yaml
 
-from lib.report import fmt_pct, is_graded, select_table, summary_table
+from lib.metrics_aggregate import is_graded
+from lib.report import fmt_pct, select_table, summary_table
 
 # Reported in the paper (arXiv 2403.04706, LLaMA-2 base models, GPT-4 Turbo teacher): for comparison only.
 PAPER_REFERENCE = [

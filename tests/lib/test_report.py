@@ -6,7 +6,8 @@ import pyarrow as pa
 import pytest
 
 from lib.data import Question
-from lib.report import IncompleteRunError, compute_metrics, plot_passk, summary_table, write_metrics_json
+from lib.metrics_aggregate import IncompleteRunError, compute_metrics
+from lib.report import plot_passk, summary_table, write_metrics_json
 
 
 def table(rows):
@@ -108,7 +109,7 @@ def test_select_at_k_reaches_metrics_json_summary_and_plot(tmp_path):
 def test_selection_rules_needing_scores_or_texts_are_refused_before_work():
     """A rule needing verifier scores (no score source in the job), an unknown rule, and a text rule on a table
     without texts are errors naming the rule, not silent zeros."""
-    from lib.report import check_selection
+    from lib.metrics_aggregate import check_selection
 
     with pytest.raises(ValueError, match="'verifier_weighted' needs per-sample verifier/judge scores"):
         check_selection(["majority", "verifier_weighted"])
@@ -124,7 +125,8 @@ def test_selection_rules_needing_scores_or_texts_are_refused_before_work():
 def test_a_dataset_without_gold_answers_is_reported_as_ungraded_and_never_fails_the_run(tmp_path):
     """h (no gold, like hungarian_exam): status counts only, graded false, no pass@k; its own summary.md section;
     its samples (one in status error) are outside max_error_fraction's count; dataset a is unchanged."""
-    from lib.report import graded_error_fraction, write_summary_md
+    from lib.metrics_aggregate import graded_error_fraction
+    from lib.report import write_summary_md
 
     questions = QUESTIONS[:2] + [Question("h/0", "h", "?", ""), Question("h/1", "h", "?", "")]
     samples = pa.concat_tables([SAMPLES.filter(pa.compute.field("question_id").isin(["a/0", "a/1"])), table(
