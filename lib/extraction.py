@@ -105,3 +105,14 @@ def extract_answer(text: str | None) -> Extracted:
     if numbers:
         return Extracted(numbers[-1].rstrip(","), "last_number")
     return Extracted(None, "none")
+
+
+def final_answer(solution: str) -> str | None:
+    """The final answer a solution states, for synthesis voting and Serve's best-of-N: its last ``\\boxed{}``,
+    else an explicit "The answer is ..." or "#### ..." (never the last-number fallback); of "x = 5", the
+    right-hand side. None when it states none."""
+    found = extract_answer(solution or "")
+    if found.method not in ("boxed", "answer_is", "hash"):
+        return None
+    answer = found.answer.rsplit("=", 1)[-1].strip() if "=" in found.answer else found.answer
+    return answer or None

@@ -1,5 +1,5 @@
 """Answer grouping and test-time selection rules: one implementation behind maj@k / select@k
-(``lib/metrics.py``), synthesis voting (``lib/synthesis.vote``) and Serve's best-of-N (``serve/best_of_n.py``).
+(``lib/metrics.py``), synthesis voting (:func:`vote`) and Serve's best-of-N (``serve/best_of_n.py``).
 
 **Grouping** (:func:`group_answers`). A sample without an answer (None) joins no group. Answers with the
 same canonical form (``canonical``, default :func:`lib.grading.normalize_answer`) share a group with no
@@ -210,3 +210,24 @@ def select(name: str, answers: Sequence[str | None], *, groups: Sequence[Sequenc
     group = min(tied, key=lambda members: min(members))
     index = max(sorted(group), key=lambda i: (tuple(votes.columns[i]), -i))
     return Choice(index, group, len(tied))
+
+
+@dataclass(frozen=True)
+class Vote:
+    label: str | None  # the majority answer (None when no solution has an answer)
+    votes: int  # solutions in the majority group
+    agreement: float  # votes / solutions requested
+    groups: list[list[int]]  # solution indices per group of equivalent answers, largest first
+
+
+def vote(answers: list[str | None], equivalent: Callable[[str, str], bool], num_requested: int | None = None) -> Vote:
+    """Synthesis' answer-consistency vote: group equivalent answers (:func:`group_answers`, groups largest
+    first) and pick the largest group (the ``majority`` rule of :func:`select`); ties go to the group whose
+    first member came first.
+    ``agreement`` divides by ``num_requested`` (failed requests count as disagreeing), default ``len(answers)``."""
+    groups = largest_first(group_answers(answers, equivalent))
+    total = num_requested if num_requested is not None else len(answers)
+    chosen = select("majority", answers, groups=groups)
+    if chosen.index is None or total == 0:
+        return Vote(None, 0, 0.0, groups)
+    return Vote(answers[chosen.index], len(chosen.group), len(chosen.group) / total, groups)

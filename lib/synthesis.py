@@ -1,20 +1,19 @@
-"""The science of synthetic SFT data, without orchestration: teacher prompts, parsing, answer-consistency
-voting, format filters, teacher verification verdicts, and MinHash signatures for near-dedup.
+"""The science of synthetic SFT data, without orchestration: teacher prompts, question parsing, format
+filters, and MinHash signatures and n-gram indexes for dedup and decontamination.
 
-Everything here is a plain function of text (and an ``equivalent(a, b)`` callable for voting), so it is
-unit-tested without a teacher, Ray or a network. ``jobs/synthesize.py`` wires it into Ray Data.
+Everything here is a plain function of text, so it is unit-tested without a teacher, Ray or a network.
+``lib/synthesis_stage.py`` wires it (with answer voting from ``lib.selection``, the answer a solution states
+from ``lib.extraction`` and the verify prompt from ``lib.verification``) into the stage ``jobs/synthesize.py`` runs.
 """
 
 from __future__ import annotations
 
 import re
 import unicodedata
-from collections.abc import Callable
 from dataclasses import dataclass
 
 from lib.data import Question
-from lib.extraction import extract_answer
-from lib.selection import group_answers, largest_first, select
+from lib.verification import VERIFY_PROMPT, VERIFY_PROMPT_NAME  # noqa: F401 - re-exported: jobs/synthesize.py imports them
 
 # ----------------------------------------------------------------------------------------------- prompts
 
@@ -43,14 +42,6 @@ SOLUTION_PROMPT = (
     "in \\boxed{{}} on the last line.\n\n{question}"
 )
 
-VERIFY_PROMPT_NAME = "verify_v1"
-VERIFY_PROMPT = (
-    "Below are a math problem and a proposed solution. Check that the problem is well-posed and that every "
-    "step of the solution and its final answer are correct. Explain briefly, then end with exactly one line: "
-    "\"Verdict: correct\" or \"Verdict: incorrect\".\n\nProblem:\n{question}\n\nSolution:\n{solution}"
-)
-
-
 def question_prompt_name(seed: Question) -> str:
     """GSM8K-like seeds (a numerical word problem) get the GSM8K prompt; MATH seeds the MATH prompt."""
     return "math_style_v1" if seed.dataset.startswith("math") or seed.level else "gsm8k_style_v1"
@@ -66,10 +57,6 @@ def question_messages(seed: Question, prompt_name: str) -> list[dict[str, str]]:
 
 def solution_messages(question: str) -> list[dict[str, str]]:
     return [{"role": "user", "content": SOLUTION_PROMPT.format(question=question.strip())}]
-
-
-def verify_messages(question: str, solution: str) -> list[dict[str, str]]:
-    return [{"role": "user", "content": VERIFY_PROMPT.format(question=question.strip(), solution=solution.strip())}]
 
 
 # ----------------------------------------------------------------------------------------------- parsing
@@ -112,17 +99,6 @@ def parse_question(text: str, min_chars: int = 20, max_chars: int = 2000) -> Par
     return ParsedQuestion(body, None)
 
 
-def final_answer(solution: str) -> str | None:
-    """The final answer a teacher solution states, for voting: its last ``\\boxed{}``, else an explicit
-    "The answer is ..." or "#### ..." (never the last-number fallback); of "x = 5", the right-hand side.
-    None when it states none."""
-    found = extract_answer(solution or "")
-    if found.method not in ("boxed", "answer_is", "hash"):
-        return None
-    answer = found.answer.rsplit("=", 1)[-1].strip() if "=" in found.answer else found.answer
-    return answer or None
-
-
 def format_problem(solution: str, finish_reason: str | None, min_chars: int, max_chars: int,
                    require_boxed: bool = True) -> str | None:
     """Why a solution fails the format filter (None when it passes): truncated, not exactly one boxed
@@ -139,38 +115,6 @@ def format_problem(solution: str, finish_reason: str | None, min_chars: int, max
     if len(solution) > max_chars:
         return "too_long"
     return None
-
-
-_VERDICT = re.compile(r"verdict\s*[:：]?\s*\**\s*(correct|incorrect)", re.IGNORECASE)
-
-
-def parse_verdict(text: str) -> bool | None:
-    """The teacher's judgement: True (correct), False (incorrect), None (no verdict line found)."""
-    matches = _VERDICT.findall(text or "")
-    return None if not matches else matches[-1].lower() == "correct"
-
-
-# -------------------------------------------------------------------------------------------- voting
-
-
-@dataclass(frozen=True)
-class Vote:
-    label: str | None  # the majority answer (None when no solution has an answer)
-    votes: int  # solutions in the majority group
-    agreement: float  # votes / solutions requested
-    groups: list[list[int]]  # solution indices per group of equivalent answers, largest first
-
-
-def vote(answers: list[str | None], equivalent: Callable[[str, str], bool], num_requested: int | None = None) -> Vote:
-    """Group equivalent answers (:func:`lib.selection.group_answers`) and pick the largest group (the
-    ``majority`` rule of :func:`lib.selection.select`); ties go to the group whose first member came first.
-    ``agreement`` divides by ``num_requested`` (failed requests count as disagreeing), default ``len(answers)``."""
-    groups = largest_first(group_answers(answers, equivalent))
-    total = num_requested if num_requested is not None else len(answers)
-    chosen = select("majority", answers, groups=groups)
-    if chosen.index is None or total == 0:
-        return Vote(None, 0, 0.0, groups)
-    return Vote(answers[chosen.index], len(chosen.group), len(chosen.group) / total, groups)
 
 
 # ---------------------------------------------------------------------------------- dedup and n-grams

@@ -16,13 +16,8 @@ from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
 from lib.data import DATASETS, load_dataset
-from lib.synthesis import (
-    SOLUTION_PROMPT_NAME,
-    VERIFY_PROMPT_NAME,
-    NearDuplicateIndex,
-    NgramIndex,
-    normalize_text,
-)
+from lib.synthesis import SOLUTION_PROMPT_NAME, NearDuplicateIndex, NgramIndex, normalize_text
+from lib.verification import VERIFY_PROMPT_NAME
 
 log = logging.getLogger("mathray.synthesis")
 

@@ -21,21 +21,19 @@ from lib.config import StrictModel
 from lib.data import Question
 from lib.grading import DEFAULT_TIMEOUT_S
 from lib.progress import setup_logging
+from lib.extraction import final_answer
+from lib.selection import vote
 from lib.synthesis import (
     SOLUTION_PROMPT_NAME,
-    VERIFY_PROMPT_NAME,
-    final_answer,
     format_problem,
     minhash_signature,
     parse_question,
-    parse_verdict,
     question_messages,
     question_prompt_name,
     solution_messages,
-    verify_messages,
-    vote,
 )
 from lib.teacher import BUDGET_EXHAUSTED, Completion, RequestCache, TeacherClient, TeacherSettings
+from lib.verification import VERIFY_PROMPT_NAME, parse_verdict, verify_messages
 
 log = logging.getLogger("mathray.synthesis")
 

@@ -276,7 +276,8 @@ class Ingress:
         return StreamingResponse(events(), media_type="text/event-stream")
 
     async def best_of_n(self, body, kind: str):
-        from lib.synthesis import final_answer, parse_verdict, verify_messages
+        from lib.extraction import final_answer
+        from lib.verification import parse_verdict, verify_messages
 
         spec = body.mathray
         result = await self.model.generate.remote(self.engine_request(body, n=spec.n))

@@ -1,7 +1,8 @@
 """The verifier deployment: ``lib.grading`` (math-verify in killable child processes) behind a handle.
 
 ``verify`` grades one response against a reference; ``grade_many`` grades several; ``group`` groups
-extracted answers by equivalence (for majority voting). Graders never raise on model output.
+extracted answers by equivalence (``lib.selection.group_answers``, for best-of-N). Graders never raise on
+model output.
 
 A replica holds a :class:`lib.grading.GraderPool`: ``pool_size`` grader processes, each capped at
 ``memory_limit_mb`` of address space; every request takes one free grader and has ``budget_s`` in all
@@ -46,13 +47,13 @@ class Verifier:
     async def group(self, answers: list[str | None]) -> list[list[int]]:
         """Indices of equivalent answers, largest group first (ties: earliest first); None answers excluded.
         Past the budget, answers not yet compared stay in groups of their own."""
-        from lib.synthesis import vote
+        from lib.selection import group_answers, largest_first
 
         def singletons() -> list[list[int]]:
             return [[i] for i, a in enumerate(answers) if a is not None]
 
         return await asyncio.to_thread(self.pool.equivalence, self.budget_s,
-                                       lambda same: vote(answers, same).groups, singletons)
+                                       lambda same: largest_first(group_answers(answers, same)), singletons)
 
     def __del__(self) -> None:
         pool = getattr(self, "pool", None)

@@ -6,19 +6,19 @@ import pytest
 
 from lib.data import load_dataset
 from lib.grading import is_equivalent
+from lib.extraction import final_answer
+from lib.selection import vote
 from lib.synthesis import (
     NearDuplicateIndex,
-    final_answer,
     format_problem,
     minhash_signature,
     normalize_text,
     parse_question,
-    parse_verdict,
     question_messages,
     question_prompt_name,
-    vote,
     words,
 )
+from lib.verification import parse_verdict
 from lib.synthesis_output import build_test_index, data_card, select
 
 LONG = ("A farmer has 12 cows and buys 7 more at the market on Monday morning. Each cow gives 9 liters of milk "

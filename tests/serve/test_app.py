@@ -11,7 +11,8 @@ import pytest
 
 from lib.data import load_dataset
 from lib.grading import is_equivalent
-from lib.synthesis import final_answer, vote
+from lib.extraction import final_answer
+from lib.selection import group_answers, largest_first
 
 KEY = "test-key-1"
 pytestmark = pytest.mark.slow
@@ -80,7 +81,7 @@ def test_best_of_n_majority_returns_the_largest_group_of_its_own_samples(client)
         max_tokens=200, temperature=0.7, extra_body={"mathray": {"selection": "majority", "n": 12}})
     trace = r.model_extra["mathray"]
     assert trace["n"] == 12 and len(trace["answers"]) == 12 and len(r.choices) == 1
-    expected = vote(trace["answers"], is_equivalent).groups
+    expected = largest_first(group_answers(trace["answers"], is_equivalent))
     assert [g["members"] for g in trace["groups"]] == expected
     if expected:
         assert trace["chosen_index"] == expected[0][0] and trace["groups"][0]["votes"] == len(expected[0])
