@@ -35,28 +35,15 @@ import pyarrow.parquet as pq
 
 from lib.config import ConfigError
 from lib.grading import Grader
+from lib.schemas import (FINISH_REASON, GOLD, GRADE_SUMMARY_COLUMNS, KIND, QUESTION_ID, SAMPLE_IDX, SAMPLE_SCHEMA,
+                         SAMPLER_COLUMNS, check_columns)
 
 log = logging.getLogger(__name__)
 
 KINDS = ("samples", "greedy")
 QUESTIONS_FILE = "questions.json"
 ENGINE_ERROR = "error"  # finish_reason of a row for which the engine produced no sample
-SCHEMA = pa.schema(
-    [
-        ("question_id", pa.string()),
-        ("dataset", pa.string()),
-        ("sample_idx", pa.int64()),
-        ("text", pa.string()),
-        ("num_tokens", pa.int64()),
-        ("finish_reason", pa.string()),
-        ("extracted", pa.string()),
-        ("extraction_method", pa.string()),
-        ("canonical", pa.string()),
-        ("status", pa.string()),
-        ("error", pa.string()),
-        ("gold", pa.string()),
-    ]
-)
+SCHEMA = SAMPLE_SCHEMA  # lib.schemas names the stored rows; tests/jobs and tests/reliability import this name
 
 
 class SampleStore:
@@ -144,7 +131,7 @@ class SampleStore:
         directory.mkdir(parents=True, exist_ok=True)
         final = directory / f"part-{uuid.uuid4().hex}.parquet"
         tmp = final.with_suffix(".tmp")
-        pq.write_table(table.cast(SCHEMA), tmp)
+        pq.write_table(table.cast(SAMPLE_SCHEMA), tmp)
         _fsync(tmp)
         os.replace(tmp, final)
         _fsync(directory)
@@ -154,20 +141,20 @@ class SampleStore:
         """All rows of ``kind`` (empty table if none), one row per (question_id, sample_idx); where a pair
         has an engine-error row and a real sample, the sample."""
         parts = self.parts(kind)
-        wanted = list(columns) if columns is not None else SCHEMA.names
+        wanted = list(columns) if columns is not None else SAMPLE_SCHEMA.names
         if not parts:
-            return pa.schema([SCHEMA.field(c) for c in wanted]).empty_table()
-        needed = list(dict.fromkeys([*wanted, "question_id", "sample_idx", "finish_reason"]))
-        schema = pa.schema([SCHEMA.field(c) for c in needed])
+            return pa.schema([SAMPLE_SCHEMA.field(c) for c in wanted]).empty_table()
+        needed = list(dict.fromkeys([*wanted, QUESTION_ID, SAMPLE_IDX, FINISH_REASON]))
+        schema = pa.schema([SAMPLE_SCHEMA.field(c) for c in needed])
         table = pa.concat_tables(_read_part(p, needed).cast(schema) for p in parts)
         return _drop_duplicates(table).select(wanted)
 
     def existing(self, kind: str) -> dict[str, set[int]]:
         """question_id -> the sample indices already stored (engine-error rows are not done)."""
-        table = self.read(kind, columns=["question_id", "sample_idx", "finish_reason"])
+        table = self.read(kind, columns=[QUESTION_ID, SAMPLE_IDX, FINISH_REASON])
         done: dict[str, set[int]] = defaultdict(set)
-        for qid, idx, finish in zip(table.column("question_id").to_pylist(), table.column("sample_idx").to_pylist(),
-                                    table.column("finish_reason").to_pylist()):
+        for qid, idx, finish in zip(table.column(QUESTION_ID).to_pylist(), table.column(SAMPLE_IDX).to_pylist(),
+                                    table.column(FINISH_REASON).to_pylist()):
             if finish != ENGINE_ERROR:
                 done[qid].add(idx)
         return done
@@ -199,11 +186,13 @@ class SampleStore:
 
 
 def _read_part(path: Path, columns: list[str]) -> pa.Table:
-    """``columns`` of one part; a part written without ``finish_reason`` (by hand, a tool) reads it as null."""
-    present = set(pq.read_schema(path).names)
-    table = pq.read_table(path, columns=[c for c in columns if c in present or c != "finish_reason"])
-    if "finish_reason" not in present:
-        table = table.append_column("finish_reason", pa.nulls(table.num_rows, pa.string()))
+    """``columns`` of one part; a part written without ``finish_reason`` (by hand, a tool) reads it as null.
+    Another missing column is a :class:`lib.schemas.SchemaError` naming it and the part."""
+    present = pq.read_schema(path).names
+    check_columns(present, [c for c in columns if c != FINISH_REASON], path)
+    table = pq.read_table(path, columns=[c for c in columns if c in present])
+    if FINISH_REASON not in present:
+        table = table.append_column(FINISH_REASON, pa.nulls(table.num_rows, pa.string()))
     return table.select(columns)
 
 
@@ -222,9 +211,9 @@ def _drop_duplicates(table: pa.Table) -> pa.Table:
     if table.num_rows == 0:
         return table
     n = table.num_rows
-    is_error = pa.compute.equal(table.column("finish_reason"), ENGINE_ERROR).fill_null(False).to_pylist()
+    is_error = pa.compute.equal(table.column(FINISH_REASON), ENGINE_ERROR).fill_null(False).to_pylist()
     order = pa.array([int(err) * n + i for i, err in enumerate(is_error)], pa.int64())
-    first = table.append_column("_order", order).group_by(["question_id", "sample_idx"], use_threads=False).aggregate(
+    first = table.append_column("_order", order).group_by([QUESTION_ID, SAMPLE_IDX], use_threads=False).aggregate(
         [("_order", "min")])
     if first.num_rows == n:
         return table
@@ -248,7 +237,7 @@ def plan_requests(
         raise ValueError(f"samples_per_request must be >= 1, got {samples_per_request}")
     requests = []
     for q in questions:
-        base = {"question_id": q.id, "dataset": q.dataset, "question": q.question, "gold": q.answer}
+        base = {QUESTION_ID: q.id, "dataset": q.dataset, "question": q.question, GOLD: q.answer}  # REQUEST_COLUMNS
         if greedy and 0 not in existing_greedy.get(q.id, ()):
             requests.append({**base, "kind": "greedy", "sample_indices": [0]})
         have = existing_samples.get(q.id, set())
@@ -269,14 +258,23 @@ class GradeAndStore:
         self.store = SampleStore(output_dir)
         self.grader = Grader(timeout=timeout_s)
         self.golds = golds
+        self.checked = False  # the input columns, on the first batch
+
+    def check_input(self, batch: dict[str, Any], kind: str | None) -> None:
+        """The sampler's row columns (``lib.schemas.SAMPLER_COLUMNS``) less ``kind`` when given and ``gold``
+        when the golds come from the driver (a re-grade of stored rows); checked on the first batch."""
+        if not self.checked:
+            required = [c for c in SAMPLER_COLUMNS if not (c == KIND and kind) and not (c == GOLD and self.golds is not None)]
+            check_columns(batch, required, "grade-and-store input rows" + (f" (re-grade of {kind}/)" if kind else ""))
+            self.checked = True
 
     def grade_table(self, batch: dict[str, Any]) -> dict[str, list]:
         """Add extraction and verdict columns to a batch of sample rows."""
-        n = len(batch["question_id"])
-        golds = [self.golds[str(q)] if self.golds is not None else str(g) for q, g in zip(batch["question_id"], batch["gold"])]
-        out = {c: [batch[c][i] for i in range(n)] for c in ("question_id", "dataset", "sample_idx", "text", "num_tokens", "finish_reason")}
+        n = len(batch[QUESTION_ID])
+        golds = ([self.golds[str(q)] for q in batch[QUESTION_ID]] if self.golds is not None else [str(g) for g in batch[GOLD]])
+        out = {c: [batch[c][i] for i in range(n)] for c in (QUESTION_ID, "dataset", SAMPLE_IDX, "text", "num_tokens", FINISH_REASON)}
         out.update(gold=golds, extracted=[], extraction_method=[], canonical=[], status=[], error=[])
-        items = [(str(batch["text"][i]), golds[i], str(batch["question_id"][i])) for i in range(n)]
+        items = [(str(batch["text"][i]), golds[i], str(batch[QUESTION_ID][i])) for i in range(n)]
         verdicts = self.grader.grade_many(items)
         for i, verdict in enumerate(verdicts):
             if batch["finish_reason"][i] == "error":  # the engine produced no sample: keep the row as an error
@@ -295,16 +293,17 @@ class GradeAndStore:
 
     def __call__(self, batch: dict[str, Any], kind: str | None = None) -> dict[str, list]:
         """Grade and store ``batch``; rows go to their ``kind`` column's part, or all to ``kind``."""
+        self.check_input(batch, kind)
         graded = self.grade_table(batch)
-        kinds = [kind] * len(graded["question_id"]) if kind else [str(k) for k in batch["kind"]]
-        summary: dict[str, list] = {"question_id": [], "kind": [], "num_samples": [], "num_tokens": [], "num_correct": []}
+        kinds = [kind] * len(graded[QUESTION_ID]) if kind else [str(k) for k in batch[KIND]]
+        summary: dict[str, list] = {c: [] for c in GRADE_SUMMARY_COLUMNS}
         for kind in sorted(set(kinds)):
             rows = [i for i, k in enumerate(kinds) if k == kind]
-            table = pa.table({c: [graded[c][i] for i in rows] for c in SCHEMA.names}, schema=SCHEMA)
+            table = pa.table({c: [graded[c][i] for i in rows] for c in SAMPLE_SCHEMA.names}, schema=SAMPLE_SCHEMA)
             self.store.write(kind, table)
             per_question: dict[str, list[int]] = defaultdict(lambda: [0, 0, 0])
             for i in rows:
-                acc = per_question[str(graded["question_id"][i])]
+                acc = per_question[str(graded[QUESTION_ID][i])]
                 acc[0] += 1
                 acc[1] += int(graded["num_tokens"][i])
                 acc[2] += graded["status"][i] == "correct"

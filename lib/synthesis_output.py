@@ -16,15 +16,12 @@ from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
 from lib.data import DATASETS, load_dataset
+from lib.schemas import QUESTION_COLUMNS, QUESTION_ID, SFT_SCHEMA, check_columns
 from lib.synthesis import SOLUTION_PROMPT_NAME, NearDuplicateIndex, NgramIndex, normalize_text
 from lib.verification import VERIFY_PROMPT_NAME
 
 log = logging.getLogger("mathray.synthesis")
 
-DATA_COLUMNS = (
-    "id", "seed_id", "source", "question", "solution", "answer", "agreement", "verified", "teacher_model",
-    "question_prompt", "solution_prompt", "verify_prompt", "prompt_tokens", "completion_tokens", "cost_usd",
-)
 ROWS_PER_FILE = 100_000  # dataset rows per Parquet file
 
 
@@ -55,14 +52,21 @@ def question_parts(questions_dir: Path) -> list[Path]:
     return sorted(questions_dir.glob("part-*.parquet"))
 
 
-def read_questions(questions_dir: Path) -> list[dict[str, Any]]:
-    """All question rows in id order (small runs and tests; the job streams with :func:`finalize_dir`)."""
+def read_question_part(part: Path, columns: list[str] | None = None):
+    """One ``questions/`` part as a table (``columns``: only those), after checking that it has every column
+    of ``lib.schemas.QUESTION_COLUMNS`` (a :class:`lib.schemas.SchemaError` naming the column and the part)."""
     import pyarrow.parquet as pq
 
+    check_columns(pq.read_schema(part).names, QUESTION_COLUMNS, part)
+    return pq.read_table(part, columns=columns)
+
+
+def read_questions(questions_dir: Path) -> list[dict[str, Any]]:
+    """All question rows in id order (small runs and tests; the job streams with :class:`PartReader`)."""
     rows: list[dict[str, Any]] = []
     for part in question_parts(questions_dir):
-        rows += pq.read_table(part).to_pylist()
-    rows.sort(key=lambda r: r["question_id"])
+        rows += read_question_part(part).to_pylist()
+    rows.sort(key=lambda r: r[QUESTION_ID])
     return rows
 
 
@@ -85,11 +89,11 @@ def find_duplicates(kept: Iterable[tuple[str, str, Any]], *, exact: bool, near: 
     for qid, text, signature in sorted(kept, key=lambda k: k[0]):
         key = normalize_text(text)
         if exact and key in seen:
-            duplicates.append({"question_id": qid, "duplicate_of": seen[key], "kind": "exact"})
+            duplicates.append({QUESTION_ID: qid, "duplicate_of": seen[key], "kind": "exact"})
             continue
         seen.setdefault(key, qid)
         if near_index is not None and (other := near_index.add(qid, signature)) is not None:
-            duplicates.append({"question_id": qid, "duplicate_of": other, "kind": "near"})
+            duplicates.append({QUESTION_ID: qid, "duplicate_of": other, "kind": "near"})
     return duplicates
 
 
@@ -98,14 +102,14 @@ def contamination(q: dict[str, Any], solutions: list[dict[str, Any]], index: Ngr
     for where, text in [("question", q["question"])] + [("solution", s["text"]) for s in solutions]:
         if (hit := index.match(text)) is not None:
             test_id, shared, gram = hit
-            return {"question_id": q["question_id"], "field": where, "test_id": test_id, "shared_ngrams": shared,
+            return {QUESTION_ID: q[QUESTION_ID], "field": where, "test_id": test_id, "shared_ngrams": shared,
                     "example_ngram": gram, "question": q["question"], "test_question": index.text_of(test_id)}
     return None
 
 
 def dataset_rows(q: dict[str, Any], solutions: list[dict[str, Any]], teacher_model: str, verify: bool) -> list[dict]:
     return [{
-        "id": f"{q['question_id']}/s{sol['index']}", "seed_id": q["seed_id"], "source": q["seed_dataset"],
+        "id": f"{q[QUESTION_ID]}/s{sol['index']}", "seed_id": q["seed_id"], "source": q["seed_dataset"],
         "question": q["question"], "solution": sol["text"], "answer": q["label"], "agreement": q["agreement"],
         "verified": sol["verified"], "teacher_model": teacher_model, "question_prompt": q["question_prompt"],
         "solution_prompt": SOLUTION_PROMPT_NAME, "verify_prompt": VERIFY_PROMPT_NAME if verify else None,
@@ -199,19 +203,19 @@ def select(questions: Iterable[dict[str, Any]], *, exact: bool, near: bool, near
     solutions into dataset rows. With ``sink`` the rows go there (in batches) instead of ``outcome.rows``;
     ``questions`` may then be an iterable that is read twice (a :class:`PartReader`)."""
     if isinstance(questions, list):
-        questions = sorted(questions, key=lambda r: r["question_id"])
+        questions = sorted(questions, key=lambda r: r[QUESTION_ID])
     import numpy as np
 
-    kept = ((q["question_id"], q["question"], np.asarray(q["signature"], dtype=np.uint64))
+    kept = ((q[QUESTION_ID], q["question"], np.asarray(q["signature"], dtype=np.uint64))
             for q in _rows(questions, SCAN_COLUMNS) if q["status"] == "kept")
     out = Outcome(duplicates=find_duplicates(kept, exact=exact, near=near, near_threshold=near_threshold, num_perm=num_perm))
-    dropped = {d["question_id"] for d in out.duplicates}
+    dropped = {d[QUESTION_ID] for d in out.duplicates}
     buffer: list[dict[str, Any]] = []
     for q in _rows(questions, None):
         solutions = json.loads(q["solutions_json"])
         if counter is not None:
             counter.add(q, solutions)
-        if q["status"] != "kept" or q["question_id"] in dropped:
+        if q["status"] != "kept" or q[QUESTION_ID] in dropped:
             continue
         solutions = [s for s in solutions if s["keep"]]
         if test_index is not None and (hit := contamination(q, solutions, test_index)) is not None:
@@ -228,24 +232,23 @@ def select(questions: Iterable[dict[str, Any]], *, exact: bool, near: bool, near
         out.rows = buffer
     elif buffer:
         sink(buffer)
-    out.contaminated.sort(key=lambda c: c["question_id"])
+    out.contaminated.sort(key=lambda c: c[QUESTION_ID])
     return out
 
 
-SCAN_COLUMNS = ["question_id", "question", "status", "signature"]
+SCAN_COLUMNS = [QUESTION_ID, "question", "status", "signature"]
 
 
 class PartReader:
-    """The question parts of a directory, read one file at a time (optionally only some columns)."""
+    """The question parts of a directory, read one file at a time (optionally only some columns); each part's
+    columns are checked when it is first read (:func:`read_question_part`)."""
 
     def __init__(self, questions_dir: Path):
         self.parts = question_parts(questions_dir)
 
     def rows(self, columns: list[str] | None) -> Iterator[dict[str, Any]]:
-        import pyarrow.parquet as pq
-
         for part in self.parts:
-            yield from pq.read_table(part, columns=columns).to_pylist()
+            yield from read_question_part(part, columns).to_pylist()
 
 
 def _rows(questions: Iterable[dict[str, Any]] | PartReader, columns: list[str] | None) -> Iterator[dict[str, Any]]:
@@ -266,20 +269,13 @@ class DatasetWriter:
         import pyarrow as pa
 
         path = self.data_dir / f"part-{len(self.files):05d}.parquet"
-        write_parquet_atomic(pa.Table.from_pylist(rows, schema=dataset_schema()), path)
+        write_parquet_atomic(pa.Table.from_pylist(rows, schema=SFT_SCHEMA), path)
         self.files.append(path.name)
 
     def close(self) -> list[str]:
         if not self.files:  # an empty dataset still has its schema on disk
             self([])
         return self.files
-
-
-def dataset_schema():
-    import pyarrow as pa
-
-    return pa.schema([(c, pa.float64() if c in ("agreement", "cost_usd") else pa.int64() if c.endswith("_tokens")
-                       else pa.bool_() if c == "verified" else pa.string()) for c in DATA_COLUMNS])
 
 
 def data_card(questions: list[dict[str, Any]], outcome: Outcome, *, num_seeds: int, questions_per_seed: int,

@@ -21,6 +21,7 @@ from lib.config import StrictModel
 from lib.data import Question
 from lib.grading import DEFAULT_TIMEOUT_S
 from lib.progress import setup_logging
+from lib.schemas import QUESTION_COLUMNS, QUESTION_ID, QUESTION_SCHEMA, SEED_COLUMNS, check_columns
 from lib.extraction import final_answer
 from lib.selection import vote
 from lib.synthesis import (
@@ -37,25 +38,15 @@ from lib.verification import VERIFY_PROMPT_NAME, parse_verdict, verify_messages
 
 log = logging.getLogger("mathray.synthesis")
 
-QUESTION_COLUMNS = (
-    "question_id", "seed_id", "seed_dataset", "question_prompt", "question", "status", "detail", "label",
-    "votes", "agreement", "solutions_json", "usage_json", "errors_json", "signature",
-)
 STAGES = ("question", "solution", "verify")
 
 
-def question_schema():
-    import pyarrow as pa
-
-    types = {"votes": pa.int32(), "agreement": pa.float64(), "signature": pa.list_(pa.int64())}
-    return pa.schema([(c, types.get(c, pa.string())) for c in QUESTION_COLUMNS])
-
-
 def question_table(rows: list[dict[str, Any]]):
-    """Rows of the stage as a pyarrow table with a fixed schema (so empty batches and nulls type-check)."""
+    """Rows of the stage as a pyarrow table of ``lib.schemas.QUESTION_SCHEMA`` (so empty batches and nulls
+    type-check)."""
     import pyarrow as pa
 
-    return pa.Table.from_pylist([{c: row[c] for c in QUESTION_COLUMNS} for row in rows], schema=question_schema())
+    return pa.Table.from_pylist([{c: row[c] for c in QUESTION_COLUMNS} for row in rows], schema=QUESTION_SCHEMA)
 
 
 class FilterConfig(StrictModel):
@@ -138,6 +129,7 @@ class SynthesizeSeeds:
         self.client: TeacherClient | None = None
         self.grader = Grader(timeout=self.settings.grading_timeout_s)
         self.grader_lock = threading.Lock()
+        self.checked = False  # the input columns, on the first batch
 
     def _client(self) -> TeacherClient:
         if self.client is None:  # created in the event loop that runs the requests
@@ -150,6 +142,9 @@ class SynthesizeSeeds:
             return self.grader.is_equivalent(a, b)
 
     async def __call__(self, batch: dict[str, Any]) -> dict[str, list]:
+        if not self.checked:
+            check_columns(batch, SEED_COLUMNS, "the synthesis stage's seed rows")
+            self.checked = True
         seeds = [
             Question(id=str(batch["seed_id"][i]), dataset=str(batch["dataset"][i]), question=str(batch["question"][i]),
                      answer=str(batch["answer"][i]), level=batch["level"][i] or None, type=batch["type"][i] or None)
@@ -166,7 +161,7 @@ class SynthesizeSeeds:
         errors: list[str] = []
         prompt_name = question_prompt_name(seed)
         row: dict[str, Any] = {
-            "question_id": f"{seed.id}/q{index}", "seed_id": seed.id, "seed_dataset": seed.dataset,
+            QUESTION_ID: f"{seed.id}/q{index}", "seed_id": seed.id, "seed_dataset": seed.dataset,
             "question_prompt": prompt_name, "question": None, "status": "kept", "detail": None, "label": None,
             "votes": 0, "agreement": 0.0, "solutions_json": "[]", "signature": [],
         }
