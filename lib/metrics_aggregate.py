@@ -19,6 +19,7 @@ dataset and averages. ``lib.report`` renders the result.
 from __future__ import annotations
 
 from collections import Counter, defaultdict
+from collections.abc import Mapping
 from typing import Any
 
 import pyarrow as pa
@@ -26,6 +27,7 @@ import pyarrow as pa
 from lib.grading import STATUSES
 from lib.metrics import (MAJ_EXACT_LIMIT, MAJ_NUM_SUBSETS, TIE_RULE, adaptive_pass_at_k, aggregate, bootstrap_ci, k_values,
                          question_metrics)
+from lib.schemas import METRICS_INPUT_COLUMNS, TEXT, MetricsEntry, check_columns
 from lib.selection import NEEDS_SCORES, NEEDS_TEXTS, RULES, rule
 
 
@@ -33,11 +35,14 @@ class IncompleteRunError(RuntimeError):
     """Some questions lack samples: the run must be resumed before metrics can be computed."""
 
 
-def _by_question(table: pa.Table, max_idx: int | None) -> dict[str, list[tuple[int, str, str | None, str | None]]]:
-    """question -> its (sample_idx, status, canonical, text) rows; text None when the table has no ``text``."""
+def _by_question(table: pa.Table, max_idx: int | None,
+                 what: str = "samples") -> dict[str, list[tuple[int, str, str | None, str | None]]]:
+    """question -> its (sample_idx, status, canonical, text) rows; text None when the table has no ``text``.
+    The table must have ``lib.schemas.METRICS_INPUT_COLUMNS`` (a SchemaError naming the missing one otherwise)."""
+    check_columns(table.column_names, METRICS_INPUT_COLUMNS, f"metrics: the {what} rows")
     out: dict[str, list[tuple[int, str, str | None, str | None]]] = defaultdict(list)
-    cols = [table.column(c).to_pylist() for c in ("question_id", "sample_idx", "status", "canonical")]
-    cols.append(table.column("text").to_pylist() if "text" in table.column_names else [None] * table.num_rows)
+    cols = [table.column(c).to_pylist() for c in METRICS_INPUT_COLUMNS]
+    cols.append(table.column(TEXT).to_pylist() if TEXT in table.column_names else [None] * table.num_rows)
     for qid, idx, status, canonical, text in zip(*cols):
         if max_idx is None or idx < max_idx:
             out[qid].append((idx, status, canonical, text))
@@ -82,7 +87,7 @@ def compute_adaptive_metrics(questions: list[Any], samples: pa.Table, greedy: pa
     with no success in fewer than n stored samples raises :class:`IncompleteRunError`."""
     n = samples_per_question
     per_q = _by_question(samples, n)
-    greedy_q = _by_question(greedy, None) if greedy is not None and greedy.num_rows else {}
+    greedy_q = _by_question(greedy, None, "greedy") if greedy is not None and greedy.num_rows else {}
     stored = prefix_first_successes(samples, n)
     firsts = {q.id: stored.get(q.id, (None, 0)) for q in questions}
     short = [qid for qid, (first, drawn) in firsts.items() if first is None and drawn < n]
@@ -127,9 +132,9 @@ def has_gold(question: Any) -> bool:
     return bool(str(question.answer or "").strip())
 
 
-def is_graded(entry: dict) -> bool:
+def is_graded(entry: Mapping[str, Any] | MetricsEntry) -> bool:
     """A metrics.json entry with accuracy metrics (False: every question of the group lacks a gold answer)."""
-    return "pass@k" in entry
+    return entry.has_accuracy if isinstance(entry, MetricsEntry) else "pass@k" in entry
 
 
 def graded_error_fraction(metrics: dict) -> tuple[int, int]:
@@ -168,7 +173,7 @@ def compute_metrics(questions: list[Any], samples: pa.Table, greedy: pa.Table | 
     if NEEDS_TEXTS.intersection(selection) and "text" not in samples.column_names:
         raise ValueError(f"selection rules {sorted(NEEDS_TEXTS.intersection(selection))} need the samples' text column")
     per_q = _by_question(samples, samples_per_question)
-    greedy_q = _by_question(greedy, None) if greedy is not None and greedy.num_rows else {}
+    greedy_q = _by_question(greedy, None, "greedy") if greedy is not None and greedy.num_rows else {}
     short = [q.id for q in questions if len(per_q.get(q.id, ())) != samples_per_question]
     if short:
         raise IncompleteRunError(

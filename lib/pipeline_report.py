@@ -18,8 +18,8 @@ from typing import Any
 
 import yaml
 
-from lib.metrics_aggregate import is_graded
 from lib.report import fmt_pct, select_table, summary_table
+from lib.schemas import MetricsEntry, read_metrics_json
 
 # Reported in the paper (arXiv 2403.04706, LLaMA-2 base models, GPT-4 Turbo teacher): for comparison only.
 PAPER_REFERENCE = [
@@ -39,6 +39,11 @@ def _json(path: Path) -> Any:
     return json.loads(path.read_text()) if path.is_file() else None
 
 
+def _jsonable(value: Any) -> Any:
+    """report.json: a metrics entry as its metrics.json dict, anything else as text."""
+    return value.to_json_dict() if isinstance(value, MetricsEntry) else str(value)
+
+
 def _yaml(path: Path) -> Any:
     return yaml.safe_load(path.read_text()) if path.is_file() else None
 
@@ -52,7 +57,7 @@ def collect(run_dir: Path) -> dict[str, Any]:
         runs += [{"name": f"{source}-{s}", "source": source, "size": s, "dir": f"eval/{source}-{s}"} for s in info["sizes"]]
     for run in runs:
         directory = run_dir / run["dir"]
-        run["metrics"] = _json(directory / "metrics.json")
+        run["metrics"] = read_metrics_json(directory / "metrics.json") if (directory / "metrics.json").is_file() else None
         run["errors"] = _json(directory / "error_analysis" / "result.json")
         run["symbolic"] = _json(directory / "symbolic_report.json")  # GSM-Symbolic datasets in evaluate.datasets
         if run["source"] != "base":
@@ -85,7 +90,7 @@ def manifest(run_dir: Path, config: dict, base_eval: dict, runs: list[dict]) -> 
 
 def datasets(runs: list[dict]) -> list[str]:
     base = next((r["metrics"] for r in runs if r["metrics"]), None) or {}
-    return [name for name in base if "/" not in name and is_graded(base[name])]  # ungraded sets have no curves
+    return [name for name, m in base.items() if "/" not in name and m.has_accuracy]  # ungraded sets have no curves
 
 
 def scaling_table(runs: list[dict], dataset: str) -> str:
@@ -93,16 +98,17 @@ def scaling_table(runs: list[dict], dataset: str) -> str:
     rows = [r for r in runs if r["metrics"] and dataset in r["metrics"]]
     if not rows:
         return "(no results)\n"
-    n = rows[0]["metrics"][dataset]["samples_per_question"]
+    n = rows[0]["metrics"][dataset].samples_per_question
     head = ["run", "SFT data", "examples", "questions", "greedy pass@1", f"PassRatio@{n}", f"pass@{n}", f"maj@{n}",
             "correct", "incorrect", "no_answer", "timeout", "error"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for r in rows:
-        m, ci, k = r["metrics"][dataset], r["metrics"][dataset]["ci95"], str(n)
-        cells = [r["name"], r["source"], str(r["size"]), str(m["num_questions"]),
-                 fmt_pct(m["greedy_pass@1"], ci.get("greedy_pass@1")), fmt_pct(m["pass_ratio"], ci["pass_ratio"]),
-                 fmt_pct(m["pass@k"][k], ci[f"pass@{k}"]), fmt_pct(m["maj@k"][k], ci[f"maj@{k}"])]
-        cells += [str(m["status_counts"][s]) for s in ("correct", "incorrect", "no_answer", "timeout", "error")]
+        m, k = r["metrics"][dataset], str(n)
+        ci = m.ci95
+        cells = [r["name"], r["source"], str(r["size"]), str(m.num_questions),
+                 fmt_pct(m.greedy_pass_at_1, ci.get("greedy_pass@1")), fmt_pct(m.pass_ratio, ci["pass_ratio"]),
+                 fmt_pct(m.pass_at_k[k], ci[f"pass@{k}"]), fmt_pct(m.maj_at_k[k], ci[f"maj@{k}"])]
+        cells += [str(m.status_counts[s]) for s in ("correct", "incorrect", "no_answer", "timeout", "error")]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
 
@@ -179,13 +185,13 @@ def plot_scaling(path: Path, runs: list[dict], dataset: str) -> None:
     """greedy pass@1, PassRatio@n and pass@n vs SFT examples, synthetic vs real; the base model dotted."""
     plt = _plt()
     base = next((r for r in runs if r["source"] == "base" and r["metrics"]), None)
-    n = str(base["metrics"][dataset]["samples_per_question"]) if base else None
+    n = str(base["metrics"][dataset].samples_per_question) if base else None
     panels = [("greedy_pass@1", "greedy pass@1"), ("pass_ratio", f"PassRatio@{n}"), (f"pass@{n}", f"pass@{n}")]
     fig, axes = plt.subplots(1, 3, figsize=(13, 4))
 
-    def value(m: dict, key: str) -> tuple[float, list[float]]:
-        v = m["pass@k"][n] if key.startswith("pass@") else m[key]
-        return 100 * (v or 0), [100 * c for c in (m["ci95"].get(key) or [v or 0, v or 0])]
+    def value(m: MetricsEntry, key: str) -> tuple[float, list[float]]:
+        v = m.pass_at_k[n] if key.startswith("pass@") else getattr(m, key.replace("@", "_at_"))  # greedy_pass@1, pass_ratio
+        return 100 * (v or 0), [100 * c for c in (m.ci95.get(key) or [v or 0, v or 0])]
 
     for ax, (key, label) in zip(axes, panels):
         for source, (color, style) in SOURCE_STYLE.items():
@@ -208,21 +214,21 @@ def plot_passk_curves(path: Path, runs: list[dict], dataset: str) -> None:
     marker per rule) vs k on a log2 axis, one panel each, one colour per run."""
     plt = _plt()
     measured = [r for r in runs if r["metrics"] and dataset in r["metrics"]]
-    has_select = any(r["metrics"][dataset].get("select@k") for r in measured)
+    has_select = any(r["metrics"][dataset].select_at_k for r in measured)
     fig, axes = plt.subplots(1, 3 if has_select else 2, figsize=(18 if has_select else 12, 4.2), sharey=True)
     for i, r in enumerate(measured):
         m = r["metrics"][dataset]
-        ks = [int(k) for k in m["pass@k"]]
-        if m.get("pass@every_k"):  # the curve at every k; markers at the reported k
-            axes[0].plot(range(1, len(m["pass@every_k"]) + 1), [100 * v for v in m["pass@every_k"]], "-", color=f"C{i % 10}")
-            axes[0].plot(ks, [100 * v for v in m["pass@k"].values()], "o", color=f"C{i % 10}", label=r["name"])
+        ks = [int(k) for k in m.pass_at_k]
+        if m.pass_at_every_k:  # the curve at every k; markers at the reported k
+            axes[0].plot(range(1, len(m.pass_at_every_k) + 1), [100 * v for v in m.pass_at_every_k], "-", color=f"C{i % 10}")
+            axes[0].plot(ks, [100 * v for v in m.pass_at_k.values()], "o", color=f"C{i % 10}", label=r["name"])
         else:
-            axes[0].plot(ks, [100 * v for v in m["pass@k"].values()], "o-", color=f"C{i % 10}", label=r["name"])
-        axes[1].plot(ks, [100 * v for v in m["maj@k"].values()], "s--", color=f"C{i % 10}", label=r["name"])
-        for j, (rule_name, values) in enumerate((m.get("select@k") or {}).items()):
+            axes[0].plot(ks, [100 * v for v in m.pass_at_k.values()], "o-", color=f"C{i % 10}", label=r["name"])
+        axes[1].plot(ks, [100 * v for v in m.maj_at_k.values()], "s--", color=f"C{i % 10}", label=r["name"])
+        for j, (rule_name, values) in enumerate((m.select_at_k or {}).items()):
             axes[2].plot([int(k) for k in values], [100 * v for v in values.values()], ":", marker="v^<>dP*"[j % 7],
                          color=f"C{i % 10}", label=f"{r['name']} {rule_name}")
-    ks = sorted({int(k) for r in measured for k in r["metrics"][dataset]["pass@k"]})
+    ks = sorted({int(k) for r in measured for k in r["metrics"][dataset].pass_at_k})
     for ax, label in zip(axes, ("pass@k", "maj@k", "select@k")):
         ax.set_xscale("log", base=2)
         ax.set_xticks(ks, [str(k) for k in ks])
@@ -370,7 +376,7 @@ def write_report(run_dir: Path) -> dict[str, Any]:
     markdown = render_markdown(data, figures)
     (run_dir / "report.md").write_text(markdown)
     (run_dir / "report.html").write_text(render_html(markdown, run_dir, data["title"]))
-    (run_dir / "report.json").write_text(json.dumps(data, indent=2, default=str) + "\n")
+    (run_dir / "report.json").write_text(json.dumps(data, indent=2, default=_jsonable) + "\n")
     (run_dir / "manifest.json").write_text(json.dumps(data["manifest"], indent=2) + "\n")
     names = datasets(data["runs"])
     excerpt = f"{data['title']}\n\n{scaling_table(data['runs'], names[0])}" if names else data["title"]

@@ -8,9 +8,10 @@ adaptive runs a samples-drawn table. The aggregation itself (``compute_metrics``
 from __future__ import annotations
 
 import json
+from collections.abc import Mapping
 from pathlib import Path
+from typing import Any
 
-from lib.metrics_aggregate import is_graded
 from lib.metrics_aggregate import (  # noqa: F401 - re-exported: jobs/evaluate.py and tests/jobs import them from here
     IncompleteRunError,
     check_selection,
@@ -20,6 +21,7 @@ from lib.metrics_aggregate import (  # noqa: F401 - re-exported: jobs/evaluate.p
     graded_error_fraction,
     prefix_first_successes,
 )
+from lib.schemas import MetricsEntry, metrics_entries
 
 
 def fmt_pct(value: float | None, ci: list[float] | None = None) -> str:
@@ -30,83 +32,91 @@ def fmt_pct(value: float | None, ci: list[float] | None = None) -> str:
     return f"{text} [{100 * ci[0]:.1f}, {100 * ci[1]:.1f}]" if ci else text
 
 
-def summary_table(metrics: dict, *, top_level_only: bool = True, label: str = "dataset") -> str:
+Metrics = Mapping[str, Mapping[str, Any] | MetricsEntry]  # computed entries (dicts) or read back (typed)
+
+
+def summary_table(metrics: Metrics, *, top_level_only: bool = True, label: str = "dataset") -> str:
     """A markdown table: one row per entry of ``metrics`` (datasets, or runs with ``label="run"``), in percent with 95% CIs."""
-    names = [n for n in metrics if ("/" not in n or not top_level_only) and is_graded(metrics[n])]
+    entries = metrics_entries(metrics)
+    names = [n for n, m in entries.items() if ("/" not in n or not top_level_only) and m.has_accuracy]
     if not names:
         return "(no datasets)\n"
-    first = metrics[names[0]]
-    ks = list(first["pass@k"])
+    ks = list(entries[names[0]].pass_at_k)
     headers = [label, "questions", "n", "greedy pass@1"] + [f"pass@{k}" for k in ks] + [f"maj@{ks[-1]}", "PassRatio", "no_answer", "timeout", "error"]
     lines = ["| " + " | ".join(headers) + " |", "|" + "---|" * len(headers)]
     for name in names:
-        m, ci = metrics[name], metrics[name]["ci95"]
-        row = [name, str(m["num_questions"]), str(m["samples_per_question"]), fmt_pct(m["greedy_pass@1"], ci.get("greedy_pass@1"))]
-        row += [fmt_pct(m["pass@k"][k], ci[f"pass@{k}"]) for k in ks]
-        if m["maj@k"] is None:  # an adaptive run: not available
+        m = entries[name]
+        ci = m.ci95
+        row = [name, str(m.num_questions), str(m.samples_per_question), fmt_pct(m.greedy_pass_at_1, ci.get("greedy_pass@1"))]
+        row += [fmt_pct(m.pass_at_k[k], ci[f"pass@{k}"]) for k in ks]
+        if m.maj_at_k is None:  # an adaptive run: not available
             row += ["n/a", "n/a"]
         else:
-            row += [fmt_pct(m["maj@k"][ks[-1]], ci[f"maj@{ks[-1]}"]), fmt_pct(m["pass_ratio"], ci["pass_ratio"])]
-        row += [str(m["status_counts"][s]) for s in ("no_answer", "timeout", "error")]
+            row += [fmt_pct(m.maj_at_k[ks[-1]], ci[f"maj@{ks[-1]}"]), fmt_pct(m.pass_ratio, ci["pass_ratio"])]
+        row += [str(m.status_counts[s]) for s in ("no_answer", "timeout", "error")]
         lines.append("| " + " | ".join(row) + " |")
     return "\n".join(lines) + "\n"
 
 
-def maj_table(metrics: dict) -> str:
-    names = [n for n in metrics if "/" not in n and is_graded(metrics[n]) and metrics[n]["maj@k"] is not None]
+def maj_table(metrics: Metrics) -> str:
+    entries = metrics_entries(metrics)
+    names = [n for n, m in entries.items() if "/" not in n and m.has_accuracy and m.maj_at_k is not None]
     if not names:
         return "(not available: an adaptive run stops at each question's first correct sample)\n"
-    ks = list(metrics[names[0]]["maj@k"]) if names else []
+    ks = list(entries[names[0]].maj_at_k)
     lines = ["| dataset | " + " | ".join(f"maj@{k}" for k in ks) + " |", "|" + "---|" * (len(ks) + 1)]
     for name in names:
-        m = metrics[name]
-        lines.append(f"| {name} | " + " | ".join(fmt_pct(m["maj@k"][k], m["ci95"][f"maj@{k}"]) for k in ks) + " |")
+        m = entries[name]
+        lines.append(f"| {name} | " + " | ".join(fmt_pct(m.maj_at_k[k], m.ci95[f"maj@{k}"]) for k in ks) + " |")
     return "\n".join(lines) + "\n"
 
 
-def select_table(metrics: dict, *, label: str = "dataset") -> str:
+def select_table(metrics: Metrics, *, label: str = "dataset") -> str:
     """One row per (entry of ``metrics``, selection rule): select@k for every reported k (datasets, or runs with
     ``label="run"``); empty when no entry has select@k."""
-    names = [n for n in metrics if "/" not in n and is_graded(metrics[n]) and metrics[n].get("select@k")]
+    entries = metrics_entries(metrics)
+    names = [n for n, m in entries.items() if "/" not in n and m.has_accuracy and m.select_at_k]
     if not names:
         return ""
-    ks = list(metrics[names[0]]["maj@k"])
+    ks = list(entries[names[0]].maj_at_k)
     lines = [f"| {label} | rule | " + " | ".join(f"select@{k}" for k in ks) + " |", "|" + "---|" * (len(ks) + 2)]
     for name in names:
-        m = metrics[name]
-        for rule_name, values in m["select@k"].items():
-            cells = [fmt_pct(values.get(k), m["ci95"].get(f"select@{rule_name}@{k}")) for k in ks]
+        m = entries[name]
+        for rule_name, values in m.select_at_k.items():
+            cells = [fmt_pct(values.get(k), m.ci95.get(f"select@{rule_name}@{k}")) for k in ks]
             lines.append(f"| {name} | {rule_name} | " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
 
 
-def ungraded_table(metrics: dict) -> str:
+def ungraded_table(metrics: Metrics) -> str:
     """One row per top-level dataset without gold answers: its sample status counts; empty when none."""
-    names = [n for n in metrics if "/" not in n and not is_graded(metrics[n])]
+    entries = metrics_entries(metrics)
+    names = [n for n, m in entries.items() if "/" not in n and not m.has_accuracy]
     if not names:
         return ""
     statuses = ("ungraded", "no_answer", "timeout", "error")
     lines = ["| dataset | questions | n | " + " | ".join(statuses) + " |", "|" + "---|" * (len(statuses) + 3)]
     for name in names:
-        m = metrics[name]
-        cells = [name, str(m["num_questions"]), str(m["samples_per_question"])] + [str(m["status_counts"].get(s, 0)) for s in statuses]
+        m = entries[name]
+        cells = [name, str(m.num_questions), str(m.samples_per_question)] + [str(m.status_counts.get(s, 0)) for s in statuses]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
 
 
-def drawn_table(metrics: dict) -> str:
+def drawn_table(metrics: Metrics) -> str:
     """Adaptive runs: samples drawn vs the full n x questions per top-level dataset; empty otherwise."""
-    names = [n for n in metrics if "/" not in n and metrics[n].get("adaptive")]
+    entries = metrics_entries(metrics)
+    names = [n for n, m in entries.items() if "/" not in n and m.adaptive]
     if not names:
         return ""
     lines = ["| dataset | samples drawn | full run | fraction |", "|---|---|---|---|"]
     for name in names:
-        m = metrics[name]
-        lines.append(f"| {name} | {m['samples_drawn']} | {m['samples_full']} | {100 * m['samples_drawn'] / m['samples_full']:.1f}% |")
+        m = entries[name]
+        lines.append(f"| {name} | {m.samples_drawn} | {m.samples_full} | {100 * m.samples_drawn / m.samples_full:.1f}% |")
     return "\n".join(lines) + "\n"
 
 
-def write_summary_md(path: Path, metrics: dict, header: str) -> str:
+def write_summary_md(path: Path, metrics: Metrics, header: str) -> str:
     selected, ungraded, drawn = select_table(metrics), ungraded_table(metrics), drawn_table(metrics)
     text = (
         f"{header}\n\nValues in percent, 95% bootstrap CI over questions in brackets.\n\n"
@@ -121,7 +131,7 @@ def write_summary_md(path: Path, metrics: dict, header: str) -> str:
     return text
 
 
-def plot_passk(path: Path, metrics: dict) -> None:
+def plot_passk(path: Path, metrics: Metrics) -> None:
     """pass@k (solid, at every k when ``pass@every_k`` is stored), maj@k (dashed) and select@k of each rule
     (dotted, one marker per rule) vs k on a log2 axis, one colour per dataset."""
     import matplotlib
@@ -130,21 +140,22 @@ def plot_passk(path: Path, metrics: dict) -> None:
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(7, 4.5))
-    for i, (name, m) in enumerate((n, m) for n, m in metrics.items() if "/" not in n and is_graded(m)):
-        ks = [int(k) for k in m["pass@k"]]
+    graded = [(n, m) for n, m in metrics_entries(metrics).items() if "/" not in n and m.has_accuracy]
+    for i, (name, m) in enumerate(graded):
+        ks = [int(k) for k in m.pass_at_k]
         color = f"C{i % 10}"
-        if m.get("pass@every_k"):  # the curve at every k; markers at the reported k
-            ax.plot(range(1, len(m["pass@every_k"]) + 1), [100 * v for v in m["pass@every_k"]], "-", color=color)
-            ax.plot(ks, [100 * v for v in m["pass@k"].values()], "o", color=color, label=f"{name} pass@k")
+        if m.pass_at_every_k:  # the curve at every k; markers at the reported k
+            ax.plot(range(1, len(m.pass_at_every_k) + 1), [100 * v for v in m.pass_at_every_k], "-", color=color)
+            ax.plot(ks, [100 * v for v in m.pass_at_k.values()], "o", color=color, label=f"{name} pass@k")
         else:
-            ax.plot(ks, [100 * v for v in m["pass@k"].values()], "o-", color=color, label=f"{name} pass@k")
-        if m["maj@k"] is not None:
-            ax.plot(ks, [100 * v for v in m["maj@k"].values()], "s--", color=color, label=f"{name} maj@k")
-        for j, (rule_name, values) in enumerate(m.get("select@k", {}).items()):
+            ax.plot(ks, [100 * v for v in m.pass_at_k.values()], "o-", color=color, label=f"{name} pass@k")
+        if m.maj_at_k is not None:
+            ax.plot(ks, [100 * v for v in m.maj_at_k.values()], "s--", color=color, label=f"{name} maj@k")
+        for j, (rule_name, values) in enumerate((m.select_at_k or {}).items()):
             ax.plot(ks, [100 * values[str(k)] for k in ks], ":", marker="v^<>dP*"[j % 7], color=color,
                     label=f"{name} select@k {rule_name}")
-        if m.get("greedy_pass@1") is not None:
-            ax.axhline(100 * m["greedy_pass@1"], color=color, linestyle=":", label=f"{name} greedy pass@1")
+        if m.greedy_pass_at_1 is not None:
+            ax.axhline(100 * m.greedy_pass_at_1, color=color, linestyle=":", label=f"{name} greedy pass@1")
     ax.set_xscale("log", base=2)
     ax.set_xlabel("k (samples)")
     ax.set_ylabel("accuracy (%)")
@@ -156,6 +167,12 @@ def plot_passk(path: Path, metrics: dict) -> None:
     plt.close(fig)
 
 
-def write_metrics_json(path: Path, metrics: dict, grader_settings: dict) -> None:
-    """``{group: entry}``; every entry records the grader (version, tolerance) that produced it."""
-    path.write_text(json.dumps({name: {**entry, "grader": grader_settings} for name, entry in metrics.items()}, indent=2))
+def write_metrics_json(path: Path, metrics: Metrics, grader_settings: dict) -> None:
+    """``{group: entry}``, each a ``lib.schemas.MetricsEntry`` (checked before anything is written); every entry
+    records the grader (version, tolerance) that produced it. Read it back with ``lib.schemas.read_metrics_json``."""
+    entries = metrics_entries({name: {**_as_dict(entry), "grader": grader_settings} for name, entry in metrics.items()}, path)
+    path.write_text(json.dumps({name: entry.to_json_dict() for name, entry in entries.items()}, indent=2))
+
+
+def _as_dict(entry: Mapping[str, Any] | MetricsEntry) -> Mapping[str, Any]:
+    return entry.to_json_dict() if isinstance(entry, MetricsEntry) else entry

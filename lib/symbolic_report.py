@@ -28,6 +28,7 @@ import pyarrow as pa
 
 from lib.gsm_symbolic import DATASETS, ORIGINAL_DATASET, parse_question_id
 from lib.metrics import bootstrap_ci, k_values, pass_at_k
+from lib.schemas import QUESTION_ID, SAMPLE_IDX, STATUS, check_columns
 
 VARIANT_DATASETS = tuple(name for name, variant in DATASETS.items() if variant is not None)
 
@@ -35,8 +36,11 @@ VARIANT_DATASETS = tuple(name for name, variant in DATASETS.items() if variant i
 def question_scores(samples: pa.Table, greedy: pa.Table | None, samples_per_question: int | None = None) -> dict[str, dict[str, float]]:
     """Per question: ``greedy`` (0/1), ``pass@1`` and ``pass@<k>`` for every k of :func:`k_values`, from
     the ``question_id``/``sample_idx``/``status`` columns (only sample indices below ``samples_per_question``)."""
+    check_columns(samples.column_names, (QUESTION_ID, SAMPLE_IDX, STATUS), "GSM-Symbolic report: samples rows")
+    if greedy is not None:
+        check_columns(greedy.column_names, (QUESTION_ID, STATUS), "GSM-Symbolic report: greedy rows")
     correct: dict[str, list[bool]] = defaultdict(list)
-    for qid, idx, status in zip(*(samples.column(c).to_pylist() for c in ("question_id", "sample_idx", "status"))):
+    for qid, idx, status in zip(*(samples.column(c).to_pylist() for c in (QUESTION_ID, SAMPLE_IDX, STATUS))):
         if samples_per_question is None or idx < samples_per_question:
             correct[qid].append(status == "correct")
     out: dict[str, dict[str, float]] = {}
@@ -44,7 +48,7 @@ def question_scores(samples: pa.Table, greedy: pa.Table | None, samples_per_ques
         n, c = len(flags), sum(flags)
         out[qid] = {f"pass@{k}": pass_at_k(n, c, k) for k in k_values(n)}
     if greedy is not None:
-        for qid, status in zip(*(greedy.column(c).to_pylist() for c in ("question_id", "status"))):
+        for qid, status in zip(*(greedy.column(c).to_pylist() for c in (QUESTION_ID, STATUS))):
             out.setdefault(qid, {})["greedy"] = float(status == "correct")
     return out
 
@@ -162,8 +166,8 @@ def write_report(output_dir: str | Path, samples_per_question: int | None = None
 
     output_dir = Path(output_dir)
     store = SampleStore(output_dir)
-    scores = question_scores(store.read("samples", ["question_id", "sample_idx", "status"]),
-                             store.read("greedy", ["question_id", "status"]), samples_per_question)
+    scores = question_scores(store.read("samples", [QUESTION_ID, SAMPLE_IDX, STATUS]),
+                             store.read("greedy", [QUESTION_ID, STATUS]), samples_per_question)
     scores = {q: v for q, v in scores.items() if parse_question_id(q) is not None}
     report = {m: r for m in metrics_of(scores) if (r := compare(scores, m, seed=seed))}
     if not report:
