@@ -8,6 +8,7 @@ import re
 from pathlib import Path
 
 from lib.data import DATASETS, DataError, _read_rows, resolve_data_file
+from lib.schemas import SFTPair
 
 _CALCULATOR = re.compile(r"<<[^>]*>>")
 
@@ -21,9 +22,10 @@ def gsm8k_solution(answer: str) -> str:
 
 
 def load_pairs(source: str, split: str = "train", columns: dict[str, str] | None = None,
-               limit: int | None = None) -> list[tuple[str, str, str]]:
-    """(id, question, solution) rows from ``source``: ``gsm8k`` / ``math`` (registry), a synthesis output
-    directory (its ``data/*.parquet``), or a JSONL/Parquet file (``columns`` maps question/solution/id)."""
+               limit: int | None = None) -> list[SFTPair]:
+    """(id, question, solution) rows (``lib.schemas.SFTPair``) from ``source``: ``gsm8k`` / ``math`` (registry),
+    a synthesis output directory (its ``data/*.parquet``, ``lib.schemas.SFT_SCHEMA``), or a JSONL/Parquet file
+    (``columns`` maps question/solution/id)."""
     if source in ("gsm8k", "math"):
         spec = DATASETS[source]
         if split not in spec.files:
@@ -34,9 +36,9 @@ def load_pairs(source: str, split: str = "train", columns: dict[str, str] | None
         for i, (where, row) in enumerate(rows):
             try:
                 if source == "gsm8k":
-                    out.append((f"gsm8k/{split}/{i}", row["question"], gsm8k_solution(row["answer"])))
+                    out.append(SFTPair(f"gsm8k/{split}/{i}", row["question"], gsm8k_solution(row["answer"])))
                 else:
-                    out.append((row.get("unique_id") or f"math/{split}/{i}", row["problem"], row["solution"]))
+                    out.append(SFTPair(row.get("unique_id") or f"math/{split}/{i}", row["problem"], row["solution"]))
             except (KeyError, DataError) as exc:
                 raise DataError(f"{path}: {where}: {exc}") from None
         return out
@@ -52,7 +54,8 @@ def load_pairs(source: str, split: str = "train", columns: dict[str, str] | None
             for key in ("question", "solution"):
                 if not isinstance(row.get(cols[key]), str) or not row[cols[key]].strip():
                     raise DataError(f"{f}: {where}: field {cols[key]!r} ({key}) is missing or empty")
-            out.append((str(row.get(cols["id"]) or f"{f.stem}/{where.split()[-1]}"), row[cols["question"]], row[cols["solution"]]))
+            out.append(SFTPair(str(row.get(cols["id"]) or f"{f.stem}/{where.split()[-1]}"), row[cols["question"]],
+                               row[cols["solution"]]))
             if limit is not None and len(out) >= limit:
                 return out
     return out
