@@ -117,6 +117,7 @@ def drawn_table(metrics: Metrics) -> str:
 
 
 def write_summary_md(path: Path, metrics: Metrics, header: str) -> str:
+    metrics = metrics_entries(metrics)  # validated once for every table below
     selected, ungraded, drawn = select_table(metrics), ungraded_table(metrics), drawn_table(metrics)
     text = (
         f"{header}\n\nValues in percent, 95% bootstrap CI over questions in brackets.\n\n"

@@ -18,6 +18,7 @@ dataset registry that builds them).
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any, NamedTuple
@@ -181,6 +182,4 @@ def metrics_entries(metrics: Mapping[str, Mapping[str, Any] | MetricsEntry], whe
 
 def read_metrics_json(path: str | Path) -> dict[str, MetricsEntry]:
     """A run's ``metrics.json`` as typed entries."""
-    import json
-
     return metrics_entries(json.loads(Path(path).read_text()), path)

@@ -13,7 +13,7 @@ import unicodedata
 from dataclasses import dataclass
 
 from lib.data import Question
-from lib.verification import VERIFY_PROMPT, VERIFY_PROMPT_NAME  # noqa: F401 - re-exported: jobs/synthesize.py imports them
+from lib.verification import VERIFY_PROMPT  # noqa: F401 - re-exported: jobs/synthesize.py imports it from here
 
 # ----------------------------------------------------------------------------------------------- prompts
 
