@@ -12,8 +12,9 @@ sits apart from its model and loop):
 - :meth:`~Strategy.full_state_dict`: the unsharded weights for the HF export.
 
 Strategies by name (:data:`STRATEGIES`, :func:`make_strategy`): ``none`` (the whole model and a torch
-optimizer, no gradient all-reduce: for one process, as the benchmark and the GPU test use it), ``fsdp`` (FSDP2 ``fully_shard`` per decoder layer) and ``deepspeed`` (ZeRO 2/3 from a DeepSpeed config).
-DeepSpeed is imported only when its strategy wraps a model.
+optimizer, no gradient all-reduce: for one process, as the benchmark and the GPU test use it), ``fsdp``
+(FSDP2 ``fully_shard`` per decoder layer) and ``deepspeed`` (ZeRO 2/3 from a DeepSpeed config). DeepSpeed
+is imported only when its strategy wraps a model.
 """
 
 from __future__ import annotations
