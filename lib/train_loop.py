@@ -2,8 +2,8 @@
 ``torch.distributed`` process group (Ray Train's workers, ``torchrun``, a lent GPU machine).
 
 Model math lives in transformers; this module owns the data order, the step (micro-batches, token-mean
-loss over the global batch, clipping), the strategies (FSDP2 ``fully_shard`` per decoder layer, DeepSpeed
-ZeRO 2/3, or plain) and checkpoints of the full training state (model, optimizer, schedule, data position).
+loss over the global batch) and checkpoints of the full training state (model, optimizer, schedule, data
+position); the parallelism (FSDP2, DeepSpeed ZeRO 2/3, or none) is a ``lib.parallel.Strategy``.
 
 Data order: each epoch is a seeded permutation of example indices cut into global batches of
 ``global_batch_size`` examples; rank r takes every world-th example of a batch. The position is
@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from lib.parallel import Strategy, dist_group, make_strategy, world_size
 from lib.prompts import PromptTemplate, save_model_prompt
 from lib.sft import IGNORE, Example, MicroBatch, collate_packed, collate_padded, pack, token_loss_sum
 
@@ -87,12 +88,6 @@ def dummy_micro_batch(pad_id: int) -> MicroBatch:
     return _micro([ex], collate_padded([ex], pad_id))
 
 
-def _dist():
-    import torch.distributed as dist
-
-    return dist if dist.is_available() and dist.is_initialized() else None
-
-
 def host_values(t: Any) -> list[float]:
     """The one device -> host read of a reduced tensor (a sync on GPUs)."""
     return t.tolist()
@@ -105,7 +100,7 @@ def all_reduce(values: Any, device: Any, op: str = "sum") -> list[float]:
     import torch
 
     t = values if isinstance(values, torch.Tensor) else torch.tensor(values, dtype=torch.float64, device=device)
-    dist = _dist()
+    dist = dist_group()
     if dist is not None:
         dist.all_reduce(t, op=dist.ReduceOp.MAX if op == "max" else dist.ReduceOp.SUM)
     return host_values(t)
@@ -124,46 +119,27 @@ class SFTTrainer:
     ``ray.train.torch.get_device()`` under Ray, ``cuda:N`` under torchrun or alone on a GPU, ``cpu`` for
     gloo). ``train_step(micro_batches)`` runs one optimizer step and returns (global mean token loss,
     label tokens, tokens processed): model, inputs, labels and every reduced tensor are on ``device``;
-    the step reads the device three times (label tokens, micro-batch count, the step's totals)."""
+    the step reads the device three times (label tokens, micro-batch count, the step's totals).
 
-    def __init__(self, model: Any, settings: StepSettings, strategy: str = "none", deepspeed_config: dict | None = None,
-                 activation_checkpointing: bool = False, mixed_precision: bool = False, device: Any = "cpu"):
+    ``strategy`` is a :class:`lib.parallel.Strategy` or its name (``none``, ``fsdp``, ``deepspeed``), built
+    with ``mixed_precision`` and ``strategy_config`` (DeepSpeed's JSON config); it does the wrapping, the
+    backward and optimizer step, and the model/optimizer part of checkpoints and the export."""
+
+    def __init__(self, model: Any, settings: StepSettings, strategy: str | Strategy = "none",
+                 strategy_config: dict | None = None, activation_checkpointing: bool = False,
+                 mixed_precision: bool = False, device: Any = "cpu"):
         import torch
 
-        self.settings, self.strategy = settings, strategy
+        self.settings = settings
+        self.strategy = make_strategy(strategy, mixed_precision, strategy_config) if isinstance(strategy, str) else strategy
         self.device = torch.device(device)
-        self.rank = _dist().get_rank() if _dist() else 0
-        self.world = _dist().get_world_size() if _dist() else 1
-        self.autocast = mixed_precision and strategy == "none"  # FSDP/DeepSpeed cast themselves
+        self.rank = dist_group().get_rank() if dist_group() else 0
+        self.world = world_size()
         if activation_checkpointing:
             model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
         place(model, self.device)
-        self.engine = None
-        if strategy == "fsdp":
-            from torch.distributed.device_mesh import init_device_mesh
-            from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
-
-            mesh = init_device_mesh(self.device.type, (self.world,))  # cuda mesh -> NCCL, cpu -> gloo
-            mp = MixedPrecisionPolicy(param_dtype=torch.bfloat16, reduce_dtype=torch.float32) if mixed_precision else MixedPrecisionPolicy()
-            for layer in model.model.layers:
-                fully_shard(layer, mesh=mesh, mp_policy=mp)
-            fully_shard(model, mesh=mesh, mp_policy=mp)
-        if strategy == "deepspeed":
-            import deepspeed
-
-            config = dict(deepspeed_config or {})
-            config.update(train_micro_batch_size_per_gpu=1, gradient_accumulation_steps=1,
-                          gradient_clipping=settings.max_grad_norm, bf16={"enabled": mixed_precision})
-            config.setdefault("optimizer", {"type": "AdamW", "params": {"lr": settings.lr, "weight_decay": settings.weight_decay,
-                                                                         "torch_adam": True}})
-            self.engine, self.optimizer, _, _ = deepspeed.initialize(model=model, config=config, dist_init_required=False)
-            if torch.device(self.engine.device) != self.device:  # DeepSpeed picks its device from LOCAL_RANK
-                raise ValueError(f"DeepSpeed placed the model on {self.engine.device}, but this worker's device is "
-                                 f"{self.device}: LOCAL_RANK and the visible devices disagree")
-            self.model = self.engine
-        else:
-            self.model = model
-            self.optimizer = torch.optim.AdamW(model.parameters(), lr=settings.lr, weight_decay=settings.weight_decay)
+        self.model, self.optimizer = self.strategy.wrap(model, self.device, settings.lr, settings.weight_decay,
+                                                        settings.max_grad_norm)
         self.step = 0
         self._set_lr()
 
@@ -192,20 +168,12 @@ class SFTTrainer:
         self.model.train()
         for i, batch in enumerate(batches):
             batch = batch.to(self.device)
-            with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.autocast):
+            with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.strategy.autocast):
                 loss = token_loss_sum(self.model, batch.tensors)
             processed += batch.num_tokens
             loss_sum += loss.detach().to(torch.float64)
-            if self.engine is not None:
-                self.engine.set_gradient_accumulation_boundary(i == len(batches) - 1)
-                self.engine.backward(loss * scale, scale_wrt_gas=False)
-                self.engine.step()
-            else:
-                (loss * scale).backward()
-        if self.engine is None:
-            torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.settings.max_grad_norm)
-            self.optimizer.step()
-            self.optimizer.zero_grad(set_to_none=True)
+            self.strategy.backward(loss * scale, boundary=i == len(batches) - 1)
+        self.strategy.optimizer_step()
         self.step += 1
         self._set_lr()
         return torch.stack([loss_sum, torch.full((), float(processed), dtype=torch.float64, device=self.device)])
@@ -218,36 +186,19 @@ class SFTTrainer:
     # ------------------------------------------------------------------------------------- checkpoints
 
     def save(self, directory: str | Path, position: dict[str, int]) -> None:
-        """The full training state into ``directory`` (each rank writes its own shard files)."""
-        import torch.distributed.checkpoint as dcp
-
+        """The full training state into ``directory``: the strategy's model and optimizer files (each rank
+        writes its own shards) and ``trainer_state.json`` (step, data position) from rank 0."""
         directory = Path(directory)
         directory.mkdir(parents=True, exist_ok=True)
-        if self.engine is not None:
-            self.engine.save_checkpoint(str(directory / "deepspeed"), tag="state")
-        else:
-            from torch.distributed.checkpoint.state_dict import get_state_dict
-
-            model_sd, optim_sd = get_state_dict(self.model, self.optimizer)
-            dcp.save({"model": model_sd, "optimizer": optim_sd}, checkpoint_id=str(directory / "dcp"))
+        self.strategy.save(directory)
         if self.rank == 0:
             state = {"step": self.step, "position": position}
             (directory / "trainer_state.json").write_text(json.dumps(state))
 
     def load(self, directory: str | Path) -> dict[str, int]:
         """Restore the state saved by :meth:`save`; returns the data position to continue from."""
-        import torch.distributed.checkpoint as dcp
-
         directory = Path(directory)
-        if self.engine is not None:
-            self.engine.load_checkpoint(str(directory / "deepspeed"), tag="state")
-        else:
-            from torch.distributed.checkpoint.state_dict import get_state_dict, set_state_dict
-
-            model_sd, optim_sd = get_state_dict(self.model, self.optimizer)
-            state = {"model": model_sd, "optimizer": optim_sd}
-            dcp.load(state, checkpoint_id=str(directory / "dcp"))
-            set_state_dict(self.model, self.optimizer, model_state_dict=state["model"], optim_state_dict=state["optimizer"])
+        self.strategy.load(directory)
         state = json.loads((directory / "trainer_state.json").read_text())
         self.step = state["step"]
         self._set_lr()
@@ -255,13 +206,7 @@ class SFTTrainer:
 
     def full_state_dict(self) -> dict[str, Any] | None:
         """The unsharded model weights on rank 0 (None elsewhere), for the HF export."""
-        if self.engine is not None:
-            zero = self.engine.zero_optimization_stage()
-            sd = self.engine._zero3_consolidated_16bit_state_dict() if zero == 3 else self.engine.module.state_dict()
-            return sd if self.rank == 0 else None
-        from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
-
-        sd = get_model_state_dict(self.model, options=StateDictOptions(full_state_dict=_dist() is not None, cpu_offload=True))
+        sd = self.strategy.full_state_dict()
         return sd if self.rank == 0 else None
 
 

@@ -2,9 +2,9 @@
 
 torch's ``FakeTensorMode`` creates ``cuda`` tensors without a GPU (shapes and devices, no data, no kernels)
 and raises "Expected all tensors to be on the same device" on any op that mixes devices. So one step of
-``lib.train_loop.SFTTrainer`` (forward, loss, backward, clipping, AdamW or the engine's step, and the
-loss all-reduces) with the model on ``cuda:0`` fails here exactly where a GPU run would: a batch, a label
-or a reduced tensor left on the CPU.
+``lib.train_loop.SFTTrainer`` with each ``lib.parallel`` strategy (forward, loss, backward, clipping, AdamW
+or the engine's step, and the loss all-reduces) with the model on ``cuda:0`` fails here exactly where a
+GPU run would: a batch, a label or a reduced tensor left on the CPU.
 
 Autograd cannot run on a fake CUDA tensor in a CPU-only torch (recording an op asks the CUDA device guard
 for a stream, and the process aborts): the parameters are frozen during the fake step and ``backward``
@@ -33,6 +33,7 @@ from torch._subclasses.fake_tensor import FakeTensor, FakeTensorMode
 
 from lib import train_loop
 from lib.sft import IGNORE, Example
+from lib.parallel import STRATEGIES, make_strategy
 from lib.train_loop import SFTTrainer, StepSettings, micro_batches
 
 CUDA = torch.device("cuda", 0)
@@ -168,13 +169,15 @@ def test_training_step_runs_on_fake_cuda(strategy, packing, nccl_like_group, bac
     models.append(model)
     with FakeTensorMode(allow_non_fake_inputs=True):
         model.to_empty(device=CUDA)
-        trainer = SFTTrainer(model, settings, strategy, deepspeed_config={}, device=CUDA)
+        chosen = make_strategy(strategy, config={} if strategy == "deepspeed" else None)
+        trainer = SFTTrainer(model, settings, chosen, device=CUDA)
         batches = micro_batches(examples(), [0, 1, 2, 3], settings, PAD)  # CPU tensors, as the data loader makes
         assert len(batches) == (2 if packing else 3)  # packs [9+7, 12+5] tokens; padded [9,7], [12], [5]
         assert {b.tensors["input_ids"].device.type for b in batches} == {"cpu"}
         loss, tokens, processed = trainer.train_step(batches, PAD)
         totals = trainer.step_on_device(micro_batches(examples(), [0, 1], settings, PAD), 10)
 
+    assert trainer.strategy is chosen and type(chosen) is STRATEGIES[strategy]
     assert isinstance(totals, FakeTensor) and totals.device == CUDA and totals.shape == (2,)
     assert (loss, tokens, processed) == (1.0, 1, 1)  # host_values' stand-in ones: the step ran to its end
     assert len(nccl_like_group) == 3  # label tokens, micro-batch max, step totals; none inside step_on_device
