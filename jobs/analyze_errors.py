@@ -4,8 +4,8 @@ Reads:  an output directory of ``jobs.evaluate`` (``samples/`` and ``config.yaml
 Writes: ``output_dir/`` (default ``EVAL_DIR/error_analysis``) with ``result.json``: per method, the number of
         incorrect samples labelled calculation / reasoning, and rates over all samples of the run, so runs
         of different sizes compare; ``labels.jsonl`` (one line per labelled sample, with the wrong equations
-        or the judge's reply); ``judge_cache.sqlite`` when a judge is used; ``summary.json`` (the same counts and
-        rates with eval_dir/output_dir: what ``run`` returns).
+        or the judge's reply); ``judge_cache.sqlite`` when a judge is used; ``summary.json`` (result.json plus
+        output_dir: what ``run`` returns).
 
 Two methods, each named in every output:
 - ``arithmetic`` (judge-free, default): re-evaluates every explicit ``expression = number`` statement of the
@@ -96,7 +96,8 @@ async def judge_labels(samples: list[dict[str, Any]], settings: TeacherSettings,
 
 
 class ErrorAnalysisSummary(JobSummary):
-    """What ``run`` returns, written as ``summary.json`` (``result.json`` holds the same without the directories)."""
+    """What ``run`` returns, written as ``summary.json`` (``result.json``, read by the pipeline's report, holds the
+    same without ``output_dir``)."""
 
     eval_dir: str
     output_dir: str
