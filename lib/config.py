@@ -5,7 +5,8 @@ names the key. Errors name the file and, for keys present in the YAML, its line.
 
 A job config also says which of its keys change a run's meaning (``run_only_keys``, ``resume_keys``), read by
 :func:`run_identity` (the pipeline's stage identity) and :func:`resume_conflicts` (a job's resume guard).
-The command line (``--config FILE key=value ...``) is ``lib.cli``.
+:class:`JobSummary` is the base of what a job's ``run(cfg)`` returns and writes as ``summary.json``. The command
+line (``--config FILE key=value ...``) is ``lib.cli``.
 """
 
 from __future__ import annotations
