@@ -4,7 +4,8 @@ Reads:  an output directory of ``jobs.evaluate`` (``samples/`` and ``config.yaml
 Writes: ``output_dir/`` (default ``EVAL_DIR/error_analysis``) with ``result.json``: per method, the number of
         incorrect samples labelled calculation / reasoning, and rates over all samples of the run, so runs
         of different sizes compare; ``labels.jsonl`` (one line per labelled sample, with the wrong equations
-        or the judge's reply); ``judge_cache.sqlite`` when a judge is used.
+        or the judge's reply); ``judge_cache.sqlite`` when a judge is used; ``summary.json`` (result.json plus
+        output_dir: what ``run`` returns).
 
 Two methods, each named in every output:
 - ``arithmetic`` (judge-free, default): re-evaluates every explicit ``expression = number`` statement of the
@@ -14,13 +15,14 @@ Two methods, each named in every output:
   per run, a seeded choice) as calculation or reasoning; rates are scaled from the judged share. Requests go
   through ``lib.teacher`` (retries, cache, budget); a failed request is counted as unlabelled, never fatal.
 
+From Python: ``run(ErrorAnalysisConfig(eval_dir=...))`` returns the :class:`ErrorAnalysisSummary`.
 Run locally:   python -m jobs.analyze_errors --eval-dir outputs/evaluate_tiny [key=value ...]
+               (= --config FILE eval_dir=outputs/evaluate_tiny; ``--output-dir`` = ``output_dir=``)
 On a cluster:  part of jobs.pipeline; or ray job submit ... -- python -m jobs.analyze_errors --eval-dir DIR
 """
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import json
 import logging
@@ -29,11 +31,13 @@ from pathlib import Path
 from typing import Any
 
 import yaml
-from pydantic import Field
+from pydantic import Field, TypeAdapter
 
-from lib.config import ConfigError, StrictModel, load_config
+from lib import cli
+from lib.config import ConfigError, JobSummary, StrictModel
+from lib.data import DatasetRef, evaluation_questions
 from lib.error_analysis import ARITHMETIC_METHOD, JUDGE_METHOD, arithmetic_label, find_equations, judge_messages, parse_judge_label, summarize
-from lib.progress import Progress, setup_logging
+from lib.progress import Progress
 from lib.teacher import BUDGET_EXHAUSTED, Governor, RequestCache, TeacherClient, TeacherError, TeacherSettings, preflight
 
 log = logging.getLogger("mathray.analyze_errors")
@@ -42,6 +46,12 @@ log = logging.getLogger("mathray.analyze_errors")
 class ErrorAnalysisConfig(StrictModel):
     """Label incorrect samples as calculation vs reasoning errors."""
 
+    # What changes a run's meaning: not where it reads and writes (the pipeline keeps each analysis in its
+    # evaluation's directory), nor the name of the judge's key variable.
+    run_only_keys = frozenset({"eval_dir", "output_dir", "judge.api_key_env"})
+
+    eval_dir: str | None = Field(None, description="an output directory of jobs.evaluate (required; --eval-dir)")
+    output_dir: str | None = Field(None, description="None: EVAL_DIR/error_analysis (--output-dir)")
     arithmetic: bool = Field(True, description="judge-free: re-evaluate the solutions' `expression = number` statements")
     judge: TeacherSettings | None = Field(None, description="an OpenAI-compatible model that labels each incorrect sample")
     judge_max_samples: int = Field(64, ge=1, description="incorrect samples per run sent to the judge (seeded choice)")
@@ -50,15 +60,15 @@ class ErrorAnalysisConfig(StrictModel):
 
 
 def incorrect_samples(eval_dir: Path) -> tuple[list[dict[str, Any]], int]:
-    """The run's incorrect samples (question text added) and the number of all its samples."""
-    from jobs.evaluate import EvaluateConfig, load_questions
+    """The run's incorrect samples (question text added: the questions its recorded config names) and the
+    number of all its samples."""
     from lib.sample_store import SampleStore
 
     table = SampleStore(eval_dir).read("samples", ["question_id", "sample_idx", "text", "status", "extracted", "gold"])
     rows = table.to_pylist()
     saved = yaml.safe_load((eval_dir / "config.yaml").read_text())
-    saved.pop("_provenance", None)
-    questions = {q.id: q.question for q in load_questions(EvaluateConfig.model_validate(saved))}
+    datasets = TypeAdapter(list[str | DatasetRef]).validate_python(saved.get("datasets", ["gsm8k"]))
+    questions = {q.id: q.question for q in evaluation_questions(datasets, saved.get("limit"), saved.get("data_dir"))}
     wrong = [{**r, "question": questions.get(r["question_id"], "")} for r in rows if r["status"] == "incorrect"]
     wrong.sort(key=lambda r: (r["question_id"], r["sample_idx"]))
     return wrong, len(rows)
@@ -83,6 +93,32 @@ async def judge_labels(samples: list[dict[str, Any]], settings: TeacherSettings,
     finally:
         progress.finish()
         await client.close()
+
+
+class ErrorAnalysisSummary(JobSummary):
+    """What ``run`` returns, written as ``summary.json`` (``result.json``, read by the pipeline's report, holds the
+    same without ``output_dir``)."""
+
+    eval_dir: str
+    output_dir: str
+    num_samples: int
+    num_incorrect: int
+    methods: dict[str, dict[str, Any]] = Field(description="per method: counts, rates over all samples, its description")
+
+
+def run(config: ErrorAnalysisConfig) -> ErrorAnalysisSummary:
+    """Label the incorrect samples of ``config.eval_dir`` (the module docstring); a directory that is not an
+    evaluation's: ``ConfigError``; an unreachable judge: ``TeacherError``, before any sample is sent."""
+    if config.eval_dir is None:
+        raise ConfigError("eval_dir (--eval-dir): required: an output directory of jobs.evaluate")
+    eval_dir = Path(config.eval_dir)
+    if not (eval_dir / "samples").is_dir() or not (eval_dir / "config.yaml").is_file():
+        raise ConfigError(f"eval_dir: --eval-dir {eval_dir}: not an output directory of jobs.evaluate (no samples/ or config.yaml)")
+    output_dir = Path(config.output_dir) if config.output_dir else eval_dir / "error_analysis"
+    result = analyze_run(eval_dir, config, output_dir)
+    summary = ErrorAnalysisSummary(output_dir=str(output_dir), **result)
+    summary.write(output_dir)
+    return summary
 
 
 def analyze_run(eval_dir: Path, config: ErrorAnalysisConfig, output_dir: Path | None = None) -> dict[str, Any]:
@@ -121,23 +157,16 @@ def analyze_run(eval_dir: Path, config: ErrorAnalysisConfig, output_dir: Path | 
     return result
 
 
-def main(argv: list[str] | None = None) -> dict[str, Any]:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--eval-dir", type=Path, required=True, help="an output directory of jobs.evaluate")
-    parser.add_argument("--output-dir", type=Path, default=None)
-    parser.add_argument("overrides", nargs="*", help="e.g. judge.base_url=http://... judge.model=gpt-4o judge_max_samples=32")
-    args = parser.parse_args(argv)
-    setup_logging()
-    if not (args.eval_dir / "samples").is_dir() or not (args.eval_dir / "config.yaml").is_file():
-        raise ConfigError(f"--eval-dir {args.eval_dir}: not an output directory of jobs.evaluate (no samples/ or config.yaml)")
-    config = load_config(ErrorAnalysisConfig, None, args.overrides)
-    return analyze_run(args.eval_dir, config, args.output_dir)
+def main(argv: list[str] | None = None) -> ErrorAnalysisSummary:
+    return cli.main(argv, ErrorAnalysisConfig, run, __doc__, "e.g. judge.base_url=http://... judge.model=gpt-4o judge_max_samples=32",
+                    flags={"--eval-dir": ("eval_dir", "an output directory of jobs.evaluate"),
+                           "--output-dir": ("output_dir", "default: EVAL_DIR/error_analysis")})
+
+
+def show(summary: ErrorAnalysisSummary) -> str:
+    return "\n".join(f"{name}: {m['counts']} of {summary.num_incorrect} incorrect / {summary.num_samples} samples; rates {m['rates']}"
+                     for name, m in summary.methods.items())
 
 
 if __name__ == "__main__":
-    try:
-        out = main()
-        for name, m in out["methods"].items():
-            print(f"{name}: {m['counts']} of {out['num_incorrect']} incorrect / {out['num_samples']} samples; rates {m['rates']}")
-    except (ConfigError, TeacherError) as exc:
-        raise SystemExit(f"error: {exc}") from None
+    cli.entry(main, show=show, errors=(TeacherError,))

@@ -24,6 +24,7 @@ import httpx
 from lib.data import load_dataset
 from lib.openai_server import LocalOpenAIServer, LocalServerConfig, free_port
 from lib.progress import setup_logging
+from lib.ray_runtime import init_ray
 
 ENGINE = {"dtype": "bfloat16", "gpu_memory_utilization": 0.2, "enforce_eager": True, "cpu_threads_bind": "all",
           "max_model_len": 2048}
@@ -83,7 +84,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         keys = Path(tmp) / "keys"
         keys.write_text(KEY + "\n")
-        ray.init(include_dashboard=False)
+        init_ray()
         port = free_port()
         serve.start(http_options={"host": "127.0.0.1", "port": port})
         serve.run(build_app({"model": "default", "api_keys_env": None, "api_keys_file": str(keys), "engine": ENGINE,

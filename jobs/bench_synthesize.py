@@ -36,12 +36,16 @@ from lib.teacher import TeacherClient, TeacherSettings
 log = logging.getLogger("mathray.bench_synthesize")
 
 
-def job_overrides(args, base_url: str, output_dir: Path) -> list[str]:
-    return [f"teacher.base_url={base_url}", "teacher.model=mathray-teacher", f"output_dir={output_dir}",
-            f"seed_limit={args.seeds}", "stage.questions_per_seed=1", f"stage.solutions_per_question={args.solutions}",
-            f"teacher.max_tokens={args.max_tokens}", f"stage.question_max_tokens={args.max_tokens}",
-            f"teacher.max_concurrency={args.concurrency}", "stage.filters.verify=false",
-            f"resources.seeds_per_batch={max(1, args.seeds // 4)}", "teacher.temperature=0.7"]  # 4 batches in flight
+def job_config(args, base_url: str, output_dir: Path):
+    from jobs.synthesize import SynthesizeConfig
+    from lib.config import updated
+
+    return updated(SynthesizeConfig(), {
+        "teacher.base_url": base_url, "teacher.model": "mathray-teacher", "output_dir": str(output_dir),
+        "seed_limit": args.seeds, "stage.questions_per_seed": 1, "stage.solutions_per_question": args.solutions,
+        "teacher.max_tokens": args.max_tokens, "stage.question_max_tokens": args.max_tokens,
+        "teacher.max_concurrency": args.concurrency, "stage.filters.verify": False,
+        "resources.seeds_per_batch": max(1, args.seeds // 4), "teacher.temperature": 0.7})  # 4 batches in flight
 
 
 def the_same_requests(args, output_dir: Path) -> list[tuple[list[dict], dict]]:
@@ -127,11 +131,11 @@ def main() -> None:
     setup_logging()
     if args.finalize_questions:
         return bench_finalize(args.finalize_questions)
-    from jobs.synthesize import main as synthesize
+    from jobs.synthesize import run as synthesize
 
     with tempfile.TemporaryDirectory() as tmp, LocalOpenAIServer(LocalServerConfig(), log_path=Path(tmp) / "server.log") as server:
         out = Path(tmp) / "synth"
-        synthesize(job_overrides(args, server.base_url, out))
+        synthesize(job_config(args, server.base_url, out))
         summary = json.loads((out / "summary.json").read_text())
         usage = json.loads((out / "data_card.json").read_text())["usage"]
         job_requests = summary["totals"]["requests"]
@@ -143,7 +147,7 @@ def main() -> None:
         loop_s, loop_tokens = sequential_loop(server.base_url, requests)
 
         start = time.perf_counter()
-        synthesize(job_overrides(args, server.base_url, out))
+        synthesize(job_config(args, server.base_url, out))
         rerun_s = time.perf_counter() - start
         rerun = json.loads((out / "summary.json").read_text())["totals"]
 

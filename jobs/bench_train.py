@@ -67,14 +67,16 @@ def bench_packing(args) -> dict[str, dict[str, float]]:
 
 
 def bench_strategies(args) -> dict[str, float]:
-    from jobs.train_sft import main as train
+    from jobs.train_sft import TrainSFTConfig, run
+    from lib.config import load_config, updated
 
+    base = load_config(TrainSFTConfig, "jobs/configs/train_sft_default_cpu.yaml")
     out = {}
     for strategy in ("fsdp", "deepspeed"):
         with tempfile.TemporaryDirectory() as tmp:
-            train(["--config", "jobs/configs/train_sft_default_cpu.yaml", f"output_dir={tmp}", f"strategy={strategy}",
-                   f"data.limit={args.examples}", f"global_batch_size={args.batch}", f"max_steps={args.steps}",
-                   f"micro_batch_tokens={args.tokens}", f"checkpoint_every={args.steps}"])
+            run(updated(base, {"output_dir": tmp, "strategy": strategy, "data.limit": args.examples,
+                               "global_batch_size": args.batch, "max_steps": args.steps,
+                               "micro_batch_tokens": args.tokens, "checkpoint_every": args.steps}))
             rows = [json.loads(line) for line in (Path(tmp) / "metrics.jsonl").read_text().splitlines()]
             out[strategy] = statistics.mean(r["tokens_per_s"] for r in rows[1:])
             out[f"{strategy}_losses"] = [round(r["loss"], 4) for r in rows]

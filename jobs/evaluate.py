@@ -3,7 +3,8 @@
 Reads:  questions from ``../shared/data`` (dataset names) or user JSONL/Parquet files.
 Writes: ``output_dir/`` with ``samples/`` and ``greedy/`` (Parquet, one row per sample: question_id,
         dataset, sample_idx, text, num_tokens, finish_reason, extracted, status, ...), ``metrics.json``,
-        ``summary.md``, ``passk.png``, ``config.yaml`` (resolved config + versions + prompt/grader record).
+        ``summary.md``, ``passk.png``, ``config.yaml`` (resolved config + versions + prompt/grader record),
+        ``summary.json`` (counts, headline metrics per dataset, seconds).
 
 Pipeline (Ray Data): request rows (a question's missing sample indices, in chunks of
 ``resources.samples_per_request`` so a chunk shares the prompt's prefix cache) -> a pool of vLLM actors
@@ -17,6 +18,7 @@ correct sample yet (adaptive pass@k for every k; no PassRatio, maj@k or select@k
 Stages: ``stage=all`` (default), ``stage=sample`` (no metrics), ``stage=grade`` (re-grade stored samples
 after a grader change, no sampling), ``stage=metrics`` (recompute metrics only).
 
+From Python: ``run(EvaluateConfig(...))`` returns the :class:`EvaluateSummary`.
 Run locally:   python -m jobs.evaluate --config jobs/configs/evaluate_tiny.yaml [key=value ...]
 On a cluster:  ray job submit --working-dir . --runtime-env cluster/runtime_env.yaml -- \\
                    python -m jobs.evaluate --config jobs/configs/evaluate_7b_gpu.yaml
@@ -24,7 +26,6 @@ On a cluster:  ray job submit --working-dir . --runtime-env cluster/runtime_env.
 
 from __future__ import annotations
 
-import argparse
 import contextlib
 import logging
 import math
@@ -32,48 +33,25 @@ import time
 from pathlib import Path
 from typing import Any, Literal
 
-import yaml
 from pydantic import Field, field_validator
 
-from lib import __version__
-from lib.config import ConfigError, StrictModel, dump_config, git_commit, load_config, package_versions
-from lib.data import DataError, dataset_names, load_dataset
+from lib import __version__, cli
+from lib.config import ConfigError, JobSummary, StrictModel, dump_config, git_commit, package_versions, resume_conflicts
+from lib.data import DatasetRef, DataError, check_names, evaluation_questions
 from lib.grading import DEFAULT_TIMEOUT_S
 from lib.grading import settings as grader_settings
-from lib.progress import Progress, setup_logging
+from lib.progress import Progress
 from lib.prompts import get_prompt
 from lib.report import (check_selection, compute_adaptive_metrics, compute_metrics, estimator_notes, graded_error_fraction,
                         plot_passk, prefix_first_successes, summary_table, write_metrics_json, write_summary_md)
-from lib.output_dir import disk_full, hold_output_dir, prepare_output_dir
+from lib.output_dir import hold_output_dir, prepare_output_dir
+from lib.ray_runtime import init_ray
 from lib.symbolic_report import write_report as write_symbolic_report
 from lib.sample_store import GradeAndStore, SampleStore, plan_requests
 from lib.sampling import EngineConfig
 from lib.selection import NEEDS_TEXTS
 
 log = logging.getLogger("mathray.evaluate")
-
-# Keys that change what a sample means: resuming into a directory made with other values is refused.
-SAMPLING_KEYS = ("model", "prompt", "temperature", "top_p", "max_tokens")
-
-
-class DatasetRef(StrictModel):
-    """A registry dataset (``name``) or a user file (``path`` + ``columns``)."""
-
-    name: str | None = None
-    path: str | None = None
-    split: str = "test"
-    columns: dict[str, str] | None = None
-    answer_format: str = "raw"
-    instances: int | None = Field(None, ge=1, description="GSM-Symbolic datasets: instances per template (default 1); limit counts templates")
-    seed: int = Field(0, description="GSM-Symbolic datasets: the instances' seed")
-
-    @field_validator("name")
-    @classmethod
-    def _known(cls, name: str | None) -> str | None:
-        if name is not None and name not in dataset_names():
-            raise ValueError(f"unknown dataset {name!r}; known: {', '.join(dataset_names())}")
-        return name
-
 
 class ResourceConfig(StrictModel):
     """How the job uses the cluster. On a 2-CPU machine leave a CPU free for the other operators."""
@@ -88,6 +66,11 @@ class ResourceConfig(StrictModel):
 
 
 class EvaluateConfig(StrictModel):
+    # What changes a run's meaning: samples drawn with other values of resume_keys are not mixed into one
+    # output_dir (check_resume); the run_only_keys change how it runs, not what it produces.
+    resume_keys = ("model", "prompt", "temperature", "top_p", "max_tokens")
+    run_only_keys = frozenset({"output_dir", "resources", "engine", "engine_log_level", "ray_data_progress", "stage"})
+
     model: str = Field("default", description="'default' (embedded SmolLM2), a checkpoint directory, or a hub id")
     datasets: list[str | DatasetRef] = Field(default_factory=lambda: ["gsm8k"])
     data_dir: str | None = Field(None, description="where registry datasets are; None: $MATHRAY_DATA_DIR, the copy "
@@ -132,34 +115,8 @@ class EvaluateConfig(StrictModel):
         return check_names(refs)
 
 
-def load_refs(refs: list[str | DatasetRef], limit: int | None, split: str, key: str, data_dir: str | None = None) -> list:
-    """Questions of registry names (``split``) and refs, first ``limit`` of each; ids must be unique."""
-    questions = []
-    for ref in refs:
-        if isinstance(ref, str):
-            questions += load_dataset(ref, split=split, limit=limit, data_dir=data_dir)
-        elif ref.name:
-            questions += load_dataset(ref.name, split=ref.split, limit=limit, data_dir=data_dir,
-                                      instances=ref.instances, seed=ref.seed)
-        else:
-            questions += load_dataset(ref.path, columns=ref.columns, answer_format=ref.answer_format, limit=limit)
-    ids = [q.id for q in questions]
-    if len(set(ids)) != len(ids):
-        raise ConfigError(f"{key}: the same question id appears twice; is a dataset listed twice?")
-    return questions
-
-
-def check_names(refs: list) -> list:
-    """Validator body: every bare name in ``refs`` is a registry dataset."""
-    for ref in refs:
-        if isinstance(ref, str) and ref not in dataset_names():
-            raise ValueError(f"unknown dataset {ref!r}; known: {', '.join(dataset_names())}")
-    return refs
-
-
 def load_questions(config: EvaluateConfig) -> list:
-    questions = load_refs(config.datasets, config.limit, "test", "datasets", config.data_dir)
-    return questions
+    return evaluation_questions(config.datasets, config.limit, config.data_dir)
 
 
 def plan(config: EvaluateConfig, questions: list | None = None) -> list:
@@ -176,15 +133,11 @@ def plan(config: EvaluateConfig, questions: list | None = None) -> list:
 
 
 def check_resume(config: EvaluateConfig, output_dir: Path) -> None:
-    """Refuse a directory whose samples were drawn with other sampling settings, in every stage: a grade or
-    metrics run would otherwise rewrite config.yaml with its settings and mislabel the stored samples."""
-    previous = output_dir / "config.yaml"
-    if not previous.exists():
-        return
-    old = yaml.safe_load(previous.read_text()) or {}
-    changed = [k for k in SAMPLING_KEYS if k in old and old[k] != getattr(config, k)]
-    if changed:
-        details = ", ".join(f"{k}: {old[k]!r} -> {getattr(config, k)!r}" for k in changed)
+    """Refuse a directory whose samples were drawn with other sampling settings (``EvaluateConfig.resume_keys``),
+    in every stage: a grade or metrics run would otherwise rewrite config.yaml with its settings and mislabel
+    the stored samples."""
+    if changed := resume_conflicts(config, output_dir):
+        details = ", ".join(f"{k}: {old!r} -> {new!r}" for k, (old, new) in changed.items())
         raise ConfigError(f"{output_dir} holds samples drawn with other settings ({details}); use a new output_dir")
 
 
@@ -225,15 +178,6 @@ def provenance(config: EvaluateConfig) -> dict:
         "grader": grader_settings(),
         "estimators": estimator_notes(),
     }
-
-
-def init_ray() -> None:
-    """Join the running cluster (``ray job submit`` / RAY_ADDRESS), or start a local one without the
-    dashboard (it costs CPU that a 2-core machine needs for sampling; ignored when joining). Never re-initializes."""
-    import ray
-
-    if not ray.is_initialized():
-        ray.init(include_dashboard=False)
 
 
 def run_adaptive_sampling(config: EvaluateConfig, questions: list, output_dir: Path, sample=None) -> None:
@@ -381,28 +325,50 @@ def _write_metrics(config: EvaluateConfig, questions: list, output_dir: Path, me
     return metrics, f"\n{header}\n\n{summary_table(metrics)}" + (f"\n\n{symbolic['markdown']}" if symbolic else "")
 
 
-def main(argv: list[str] | None = None) -> dict | None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--config", type=Path, help="YAML config (see jobs/configs/)")
-    parser.add_argument("overrides", nargs="*", help="dotted key=value overrides, e.g. limit=2 engine.max_num_seqs=64")
-    parser.add_argument("--dry-run", action="store_true", help="print the plan (resources, work) and exit; starts nothing")
-    args = parser.parse_args(argv)
-    setup_logging()
+class EvaluateSummary(JobSummary):
+    """What ``run`` returns and writes as ``summary.json``."""
+
+    output_dir: str
+    stage: str
+    questions: int
+    samples_per_question: int
+    results: dict[str, dict[str, float | None]] = Field(
+        description="per graded top-level dataset: greedy pass@1, pass@1, pass@n, maj@n (fractions); empty for stage=sample")
+    seconds: float
+    metrics: dict | None = Field(None, exclude=True, description="every metrics.json entry (None for stage=sample)")
+    table: str = Field("", exclude=True, description="the printed table: header, pass@k per dataset, GSM-Symbolic report")
+
+
+def headline(metrics: dict) -> dict[str, dict[str, float | None]]:
+    """greedy pass@1, pass@1, pass@n and maj@n (n: the largest k) of each graded top-level dataset."""
+    out = {}
+    for name, m in metrics.items():
+        if "/" in name or "pass@k" not in m:
+            continue
+        ks = list(m["pass@k"])
+        entry = {"greedy_pass@1": m.get("greedy_pass@1"), f"pass@{ks[0]}": m["pass@k"][ks[0]], f"pass@{ks[-1]}": m["pass@k"][ks[-1]]}
+        if m.get("maj@k"):
+            entry[f"maj@{ks[-1]}"] = m["maj@k"][ks[-1]]
+        out[name] = entry
+    return out
+
+
+def run(config: EvaluateConfig) -> EvaluateSummary:
+    """Sample, grade and measure as ``config`` says (the module docstring). Bad input (data, model path, an
+    output_dir in use or holding other samples) raises ``ConfigError``/``DataError`` before any work."""
+    output_dir = Path(config.output_dir)
     with contextlib.ExitStack() as stack:
         try:
-            config = load_config(EvaluateConfig, args.config, args.overrides)
             questions = load_questions(config)
-            if args.dry_run:  # the plan only: no model, no Ray, no output directory
-                from lib.plan import dry_run
-                dry_run(plan(config, questions))
-            output_dir = Path(config.output_dir)
             check_model(config.model)
             check_resume(config, output_dir)
             SampleStore(output_dir).check_questions(questions)
             prepare_output_dir(output_dir)
             stack.enter_context(hold_output_dir(output_dir, "evaluate"))  # one run per output_dir
-        except (ConfigError, DataError, ValueError) as exc:
-            parser.exit(2, f"error: {exc}\n")
+        except (ConfigError, DataError):
+            raise
+        except ValueError as exc:  # e.g. a model name the hub client refuses as a repo id
+            raise ConfigError(str(exc)) from None
         SampleStore(output_dir).record_questions(questions)
         dump_config(config, output_dir / "config.yaml", provenance(config))
         start = time.monotonic()
@@ -411,15 +377,19 @@ def main(argv: list[str] | None = None) -> dict | None:
         if config.stage == "grade":
             run_grading(config, questions, output_dir)
         metrics, table = run_metrics(config, questions, output_dir) if config.stage != "sample" else (None, "")
-        log.info("done in %.0f s", time.monotonic() - start)
-        return metrics, table
+        seconds = time.monotonic() - start
+        summary = EvaluateSummary(output_dir=str(output_dir), stage=config.stage, questions=len(questions),
+                                  samples_per_question=config.samples_per_question,
+                                  results=headline(metrics) if metrics else {}, seconds=round(seconds, 1),
+                                  metrics=metrics, table=table)
+        summary.write(output_dir)
+        log.info("done in %.0f s", seconds)
+        return summary
+
+
+def main(argv: list[str] | None = None) -> EvaluateSummary:
+    return cli.main(argv, EvaluateConfig, run, __doc__, "e.g. limit=2 engine.max_num_seqs=64", plan=plan)
 
 
 if __name__ == "__main__":
-    try:
-        print(main()[1])
-    except Exception as exc:
-        if disk_full(exc):  # not a 140-line Ray traceback with Errno 28 buried inside
-            raise SystemExit("error: no space left on the device holding output_dir (or Ray's temp dir); "
-                             "free space and rerun: finished samples are kept") from None
-        raise
+    cli.entry(main, show=lambda summary: summary.table, resume_note="finished samples are kept")

@@ -16,9 +16,11 @@ Writes: ``output_dir/`` with
           report.md, report.html (self-contained), report.json, figures/*.png, manifest.json, stages.json,
           summary.json (stage states and times, subsets, report paths)
 
-Each stage calls its job's ``main`` with a generated config file (no second implementation). A finished
-stage leaves ``.done.json`` (the config it ran with) and is skipped on a rerun; a killed stage is resumed
-by its job (evaluate: missing samples only; synthesize: the request cache; train: the latest checkpoint).
+Each stage calls its job's ``run(cfg)`` with the stage's config object (no second implementation); the
+resolved configs are written to ``configs/`` as records. A finished stage leaves ``.done.json`` (its config
+without the keys its job config names run-only, ``lib.config.run_identity``) and is skipped on a rerun; a
+killed stage is resumed by its job (evaluate: missing samples only; synthesize: the request cache; train: the
+latest checkpoint). The Serve teacher comes from ``serve.teacher_endpoint`` (a base_url and a key).
 
 Run locally:   python -m jobs.pipeline --config jobs/configs/pipeline_demo.yaml [key=value ...]   (make demo)
 On a cluster:  ray job submit --working-dir . --runtime-env cluster/runtime_env.yaml -- \\
@@ -33,7 +35,6 @@ import json
 import logging
 import os
 import random
-import secrets
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -42,20 +43,23 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, Field, field_validator, model_validator
 
-from jobs.analyze_errors import ErrorAnalysisConfig, analyze_run
-from jobs.evaluate import EvaluateConfig, init_ray, load_questions
+import jobs.analyze_errors
+import jobs.evaluate
+import jobs.synthesize
+import jobs.train_sft
+from jobs.analyze_errors import ErrorAnalysisConfig
+from jobs.evaluate import EvaluateConfig, load_questions
 from jobs.synthesize import SynthesizeConfig, load_seeds
 from jobs.train_sft import DataSource, TrainSFTConfig
-from lib import __version__
-from lib.config import ConfigError, StrictModel, dump_config, git_commit, job_config, package_versions
+from lib import __version__, cli
+from lib.config import ConfigError, JobSummary, StrictModel, dump_config, git_commit, package_versions, run_identity
 from lib.data import DataError
+from lib.ray_runtime import init_ray
 from lib.teacher import TeacherSettings
 
 log = logging.getLogger("mathray.pipeline")
 REPO = Path(__file__).resolve().parent.parent
-# Keys that change how a stage runs but not what it produces: a rerun with other values still skips it.
-RUN_ONLY_KEYS = {"resources", "engine", "engine_log_level", "ray_data_progress", "log_every", "keep_checkpoints",
-                 "checkpoint_every", "stage"}
+TEACHER_KEY_ENV = "MATHRAY_PIPELINE_TEACHER_KEY"  # the Serve teacher's key, for the synthesis clients on the driver
 
 
 class ServeTeacher(StrictModel):
@@ -91,7 +95,7 @@ class PipelineConfig(StrictModel):
     @model_validator(mode="after")
     def _consistent(self) -> PipelineConfig:
         for section, keys in (("evaluate", ("model", "output_dir")), ("synthesize", ("output_dir",)),
-                              ("train", ("model", "data", "output_dir"))):
+                              ("train", ("model", "data", "output_dir")), ("error_analysis", ("eval_dir", "output_dir"))):
             given = sorted(set(keys) & getattr(self, section).model_fields_set)
             if given:
                 raise ValueError(f"{section}.{given[0]} is set by the pipeline (use the top-level model/output_dir)")
@@ -107,11 +111,11 @@ class PipelineConfig(StrictModel):
 # ------------------------------------------------------------------------------------------ stages
 
 
-def _comparable(config: BaseModel, run_dir: Path) -> dict[str, Any]:
-    """What decides a stage's outputs: the job config without run-only keys and its own output_dir, with
-    paths inside the run directory written relative to it (a moved run directory stays complete)."""
-    data = {k: v for k, v in config.model_dump(mode="json").items() if k not in RUN_ONLY_KEYS | {"output_dir"}}
-    return json.loads(json.dumps(data).replace(json.dumps(str(run_dir))[1:-1], "<run_dir>"))
+def _comparable(config: StrictModel, run_dir: Path) -> dict[str, Any]:
+    """What decides a stage's outputs: the job config without the keys it names run-only (its output_dir
+    among them; ``lib.config.run_identity``), with paths inside the run directory written relative to it (a
+    moved run directory stays complete)."""
+    return json.loads(json.dumps(run_identity(config)).replace(json.dumps(str(run_dir))[1:-1], "<run_dir>"))
 
 
 class Stages:
@@ -159,39 +163,21 @@ class Stages:
         (self.run_dir / "stages.json").write_text(json.dumps(self.records, indent=2) + "\n")
 
 
-def run_job(main: Callable[[list[str]], Any], config: BaseModel, path: Path) -> Any:
-    """Write ``config`` to ``path`` and run the job's ``main`` on it (what ``python -m jobs.X --config`` does)."""
+def record_config(config: BaseModel, path: Path) -> None:
+    """Write a stage's resolved config to ``path`` (a record: what ``python -m jobs.X --config path`` would run)."""
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(yaml.safe_dump(config.model_dump(mode="json"), sort_keys=False))
-    return main(["--config", str(path)])
 
 
 @contextlib.contextmanager
 def serve_teacher(spec: ServeTeacher, run_dir: Path) -> Iterator[TeacherSettings]:
     """The Serve app on 127.0.0.1 with a fresh API key (in a 0600 file the replicas read, and in the driver's
     environment for the synthesis clients); shut down on exit so later stages get the CPUs back."""
-    from ray import serve
-    from ray.serve.schema import ServeDeploySchema
+    from serve.teacher_endpoint import local_endpoint
 
-    from lib.openai_server import free_port
-    from serve.app import build_app
-
-    schema = ServeDeploySchema.model_validate(yaml.safe_load((REPO / spec.config).read_text()))
-    app = schema.applications[0]
-    key, key_file, env = secrets.token_hex(16), run_dir / ".teacher_api_key", "MATHRAY_PIPELINE_TEACHER_KEY"
-    key_file.write_text(key + "\n")
-    key_file.chmod(0o600)
-    os.environ[env] = key
-    args = {**(app.args or {}), "api_keys_env": None, "api_keys_file": str(key_file.resolve())}
-    port = spec.port or free_port()
-    log.info("starting the Serve app of %s on 127.0.0.1:%d as the teacher", spec.config, port)
-    serve.start(http_options={"host": "127.0.0.1", "port": port})
-    serve.run(build_app(args), name="mathray-teacher", route_prefix="/")
-    try:
-        yield TeacherSettings(base_url=f"http://127.0.0.1:{port}/v1", model=args.get("served_name", "mathray"),
-                              api_key_env=env)
-    finally:
-        serve.shutdown()
+    with local_endpoint(REPO / spec.config, run_dir / ".teacher_api_key", spec.port) as endpoint:
+        os.environ[TEACHER_KEY_ENV] = endpoint.api_key
+        yield TeacherSettings(base_url=endpoint.base_url, model=endpoint.model, api_key_env=TEACHER_KEY_ENV)
 
 
 def nested_subsets(pairs: list[tuple[str, str, str]], sizes: list[int], seed: int) -> dict[int, list[tuple[str, str, str]]]:
@@ -261,9 +247,6 @@ def plan(config: PipelineConfig) -> list:
     """The dry-run plan of every stage, each from the job config the pipeline would run (same model, data and
     output paths as ``main``): evaluations, synthesis, one SFT run per (source, size) the data can supply,
     and the judge's error analysis. Nothing is loaded but the datasets."""
-    import jobs.evaluate
-    import jobs.synthesize
-    import jobs.train_sft
     from lib.plan import StagePlan, prompt_tokens, teacher_work
     from lib.sft_data import load_pairs
 
@@ -318,13 +301,21 @@ def plan(config: PipelineConfig) -> list:
     return stages
 
 
-def main(argv: list[str] | None = None) -> dict[str, Any]:
-    import jobs.evaluate
-    import jobs.synthesize
-    import jobs.train_sft
+class PipelineSummary(JobSummary):
+    """What ``run`` returns and writes as ``summary.json``."""
+
+    seconds: float
+    stages: list[dict[str, Any]] = Field(description="per stage: name, directory, ran or skipped, seconds")
+    subsets: dict[str, Any] = Field(description="subsets.json: available rows, sizes made and left out, files")
+    report: dict[str, str] = Field(description="paths of report.html and report.md")
+    excerpt: str = Field("", exclude=True, description="the report's headline table, printed at the end")
+
+
+def run(config: PipelineConfig) -> PipelineSummary:
+    """Every stage in order (the module docstring), each through its job's ``run``; bad input: ``ConfigError``
+    before the first stage."""
     from lib.pipeline_report import write_report
 
-    config = job_config(PipelineConfig, argv, __doc__, "e.g. sizes=[8,32] evaluate.limit=4", plan=plan)
     validate_inputs(config)
     run_dir = Path(config.output_dir).resolve()  # absolute: stages' actors and workers run elsewhere
     run_dir.mkdir(parents=True, exist_ok=True)
@@ -337,7 +328,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     def evaluate(name: str, model: str, directory: Path) -> None:
         cfg = config.evaluate.model_copy(update={"model": model, "output_dir": str(directory)})
         stages.run(f"evaluate {name}", directory, _comparable(cfg, run_dir),
-                   lambda: run_job(jobs.evaluate.main, cfg, run_dir / "configs" / f"evaluate-{name}.yaml"))
+                   lambda: run_stage(jobs.evaluate.run, cfg, run_dir / "configs" / f"evaluate-{name}.yaml"))
 
     evaluate("base", config.model, run_dir / "base")
 
@@ -352,7 +343,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                     teacher = stack.enter_context(serve_teacher(config.serve_teacher, run_dir))
                     run_cfg = cfg.model_copy(update={"teacher": cfg.teacher.model_copy(update=teacher.model_dump(
                         include={"base_url", "model", "api_key_env"}))})
-                run_job(jobs.synthesize.main, run_cfg, run_dir / "configs" / "synthesize.yaml")
+                run_stage(jobs.synthesize.run, run_cfg, run_dir / "configs" / "synthesize.yaml")
 
         record = {**_comparable(cfg, run_dir), "serve_teacher": config.serve_teacher and config.serve_teacher.model_dump()}
         stages.run("synthesize", synth_dir, record, synthesize)
@@ -365,28 +356,37 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         cfg = config.train.model_copy(update={"model": config.model, "data": data, "output_dir": str(train_dir)})
         record = {**_comparable(cfg, run_dir), "subset_sha256": subsets["sources"][source]["files"][str(size)]["sha256"]}
         stages.run(f"train {name}", train_dir, record,
-                   lambda cfg=cfg, name=name: run_job(jobs.train_sft.main, cfg, run_dir / "configs" / f"train-{name}.yaml"))
+                   lambda cfg=cfg, name=name: run_stage(jobs.train_sft.run, cfg, run_dir / "configs" / f"train-{name}.yaml"))
         evaluate(name, str(train_dir / "hf"), run_dir / "eval" / name)
 
     eval_dirs = {"base": run_dir / "base", **{name: run_dir / "eval" / name for name, _, _ in checkpoints(subsets)}}
     for name, directory in eval_dirs.items():
-        record = config.error_analysis.model_dump(mode="json", exclude={"judge": {"api_key_env"}})
-        stages.run(f"error analysis {name}", directory / "error_analysis", record,
-                   lambda directory=directory: analyze_run(directory, config.error_analysis))
+        cfg = config.error_analysis.model_copy(update={"eval_dir": str(directory)})
+        stages.run(f"error analysis {name}", directory / "error_analysis", run_identity(cfg),
+                   lambda cfg=cfg: jobs.analyze_errors.run(cfg))
     stages.index += 1
     report = write_report(run_dir)
     seconds = time.monotonic() - start
-    summary = {"seconds": round(seconds, 1), "stages": stages.records, "subsets": subsets,
-               "report": {"html": report["html"], "md": report["md"]}}
-    (run_dir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+    summary = PipelineSummary(seconds=round(seconds, 1), stages=stages.records, subsets=subsets,
+                              report={"html": report["html"], "md": report["md"]}, excerpt=report["excerpt"])
+    summary.write(run_dir)
     log.info("stage %d/%d report: %s and %s (pipeline %.0f s)", stages.index, stages.total, report["html"], report["md"], seconds)
-    return report
+    return summary
+
+
+def run_stage(run_job: Callable[[Any], Any], config: BaseModel, record: Path) -> Any:
+    """Record the stage's resolved config at ``record``, then run its job on the config object."""
+    record_config(config, record)
+    return run_job(config)
+
+
+def main(argv: list[str] | None = None) -> PipelineSummary:
+    return cli.main(argv, PipelineConfig, run, __doc__, "e.g. sizes=[8,32] evaluate.limit=4", plan=plan)
+
+
+def show(summary: PipelineSummary) -> str:
+    return f"{summary.excerpt}\n\nreport: {summary.report['html']}\n        {summary.report['md']}"
 
 
 if __name__ == "__main__":
-    try:
-        out = main()
-        print(out["excerpt"])
-        print(f"\nreport: {out['html']}\n        {out['md']}")
-    except ConfigError as exc:
-        raise SystemExit(f"error: {exc}") from None
+    cli.entry(main, show=show)

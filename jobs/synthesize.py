@@ -17,6 +17,7 @@ near dedup, 13-gram decontamination against every test set, the dataset and the 
 Resume: rerun with the same ``output_dir``. Every successful response is in ``cache.sqlite``, so a rerun
 sends no request that already succeeded and rebuilds the same rows; the budget counts earlier runs' spend.
 
+From Python: ``run(SynthesizeConfig(...))`` returns the :class:`SynthesizeSummary` (``.card``: the data card).
 Run locally:   python -m jobs.synthesize --config jobs/configs/synthesize_tiny.yaml [key=value ...]
 On a cluster:  ray job submit --working-dir . --runtime-env cluster/runtime_env.yaml -- \\
                    python -m jobs.synthesize --config jobs/configs/synthesize_gpt4.yaml
@@ -37,13 +38,13 @@ from typing import Any
 
 from pydantic import Field, SecretStr, field_validator, model_validator
 
-from jobs.evaluate import DatasetRef, check_names, init_ray, load_refs
-from lib import __version__
-from lib.config import ConfigError, StrictModel, dump_config, git_commit, job_config, package_versions
-from lib.data import DataError
+from lib import __version__, cli
+from lib.config import ConfigError, JobSummary, StrictModel, dump_config, git_commit, package_versions
+from lib.data import DatasetRef, DataError, check_names, load_refs
 from lib.openai_server import LocalOpenAIServer, LocalServerConfig
-from lib.output_dir import disk_full, hold_output_dir, prepare_output_dir
+from lib.output_dir import hold_output_dir, prepare_output_dir
 from lib.progress import Progress
+from lib.ray_runtime import init_ray
 from lib.synthesis import QUESTION_PROMPTS, SOLUTION_PROMPT, VERIFY_PROMPT
 from lib.synthesis_output import (
     CardCounter,
@@ -85,6 +86,10 @@ class ResourceConfig(StrictModel):
 
 
 class SynthesizeConfig(StrictModel):
+    # What changes a run's meaning: everything but where it writes and how many client actors it uses
+    # (the request cache makes a rerun with another stage or teacher send only the new requests).
+    run_only_keys = frozenset({"output_dir", "resources"})
+
     seeds: list[str | SeedRef] = Field(default_factory=lambda: ["gsm8k"])
     seed_limit: int | None = Field(None, ge=1, description="first N seeds per seed dataset")
     teacher: TeacherSettings = Field(default_factory=TeacherSettings)
@@ -278,8 +283,25 @@ def plan(config: SynthesizeConfig, seeds: list | None = None) -> list:
     return [StagePlan("synthesize", bundles(res.num_clients, res.cpus_per_client), work, notes)]
 
 
-def main(argv: list[str] | None = None) -> dict[str, Any]:
-    config = job_config(SynthesizeConfig, argv, __doc__, "e.g. seed_limit=8", plan=plan)
+class SynthesizeSummary(JobSummary):
+    """What ``run`` returns and writes as ``summary.json``; ``card`` is the data card (``data_card.json``)."""
+
+    rows: int
+    questions: int
+    seeds: int
+    stages: list[dict[str, Any]]
+    totals: dict[str, Any]
+    stopped_by_budget: bool
+    error_fraction: float
+    stage_seconds: float
+    seconds: float
+    card: dict[str, Any] = Field(exclude=True)
+
+
+def run(config: SynthesizeConfig) -> SynthesizeSummary:
+    """Synthesize as ``config`` says (the module docstring). Bad seeds or output_dir: ``ConfigError``, an
+    unreachable teacher: ``TeacherError``, both before any request; too many failed requests: ``RuntimeError``
+    after the partial output is written."""
     try:
         seeds = load_seeds(config)
     except DataError as exc:
@@ -296,20 +318,23 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         models = asyncio.run(preflight(teacher))
         log.info("teacher %s at %s answers (serves %s)", teacher.model, teacher.base_url or "the OpenAI API", models[:5])
         dump_config(config, output_dir / "config.yaml", {**provenance(config), "teacher": teacher.model_dump()})
-        
         init_ray()
         run, ledger = run_stage(config, teacher, seeds, output_dir)
     card = finalize(config, teacher, output_dir, len(seeds), run, ledger)
-    summary = {"rows": card["rows"], "questions": card["questions"], "seeds": len(seeds),
-               "stages": card["stages"], "totals": card["totals"], "stopped_by_budget": card["stopped_by_budget"],
-               "error_fraction": card["error_fraction"], "stage_seconds": round(run.seconds, 2),
-               "seconds": round(time.monotonic() - start, 1)}
-    (output_dir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+    summary = SynthesizeSummary(rows=card["rows"], questions=card["questions"], seeds=len(seeds), stages=card["stages"],
+                                totals=card["totals"], stopped_by_budget=card["stopped_by_budget"],
+                                error_fraction=card["error_fraction"], stage_seconds=round(run.seconds, 2),
+                                seconds=round(time.monotonic() - start, 1), card=card)
+    summary.write(output_dir)
     if run.too_many_errors():
         raise RuntimeError(f"{run.failed} of {run.requests + run.cached} teacher requests failed "
                            f"({100 * run.error_fraction:.1f}% > max_error_fraction {100 * config.max_error_fraction:.1f}%); "
                            f"partial output and errors are in {output_dir}/questions and the data card")
-    return card
+    return summary
+
+
+def main(argv: list[str] | None = None) -> SynthesizeSummary:
+    return cli.main(argv, SynthesizeConfig, run, __doc__, "e.g. seed_limit=8", plan=plan)
 
 
 def summary_lines(card: dict[str, Any]) -> str:
@@ -323,12 +348,5 @@ def summary_lines(card: dict[str, Any]) -> str:
 
 
 if __name__ == "__main__":
-    try:
-        print(summary_lines(main()))
-    except (ConfigError, TeacherError) as exc:
-        raise SystemExit(f"error: {exc}") from None
-    except Exception as exc:
-        if disk_full(exc):
-            raise SystemExit("error: no space left on the device holding output_dir (or Ray's temp dir); free space "
-                             "and rerun: every cached response is kept") from None
-        raise
+    cli.entry(main, show=lambda summary: summary_lines(summary.card), errors=(TeacherError,),
+              resume_note="every cached response is kept")

@@ -15,6 +15,7 @@ The step and the model code are in ``lib/train_loop.py`` and ``lib/sft.py`` (no 
 model's tokenizer has none (base models train with ``xwin``). Resume: rerun with the same ``output_dir``: training continues from the
 latest checkpoint at the same position of the same epoch order.
 
+From Python: ``run(TrainSFTConfig(...))`` returns the :class:`TrainSFTSummary`.
 Run locally:   python -m jobs.train_sft --config jobs/configs/train_sft_tiny.yaml [key=value ...]
 On a cluster:  ray job submit --working-dir . --runtime-env cluster/runtime_env.yaml -- \\
                    python -m jobs.train_sft --config jobs/configs/train_sft_7b_fsdp.yaml
@@ -31,10 +32,11 @@ from typing import Any, Literal
 
 from pydantic import Field, field_validator
 
-from lib import __version__
-from lib.config import ConfigError, StrictModel, dump_config, git_commit, job_config, package_versions
+from lib import __version__, cli
+from lib.config import ConfigError, JobSummary, StrictModel, dump_config, git_commit, package_versions
 from lib.data import DataError
 from lib.progress import setup_logging
+from lib.ray_runtime import init_ray
 
 log = logging.getLogger("mathray.train_sft")
 REPO = Path(__file__).resolve().parent.parent
@@ -54,6 +56,10 @@ class Resources(StrictModel):
 
 
 class TrainSFTConfig(StrictModel):
+    # What changes a run's meaning: everything but where it writes, the workers' resources and how often it
+    # logs and checkpoints.
+    run_only_keys = frozenset({"output_dir", "resources", "log_every", "keep_checkpoints", "checkpoint_every"})
+
     model: str = Field("default", description="'default' (embedded SmolLM2), a checkpoint directory, or a hub id")
     data: DataSource = Field(default_factory=DataSource)
     prompt: str = Field("boxed", description="lib.prompts template: the evaluation prompt, so both agree; 'xwin' for a "
@@ -243,8 +249,19 @@ def plan(config: TrainSFTConfig, num_examples: int | None = None) -> list:
                       train_work(num_examples, config.global_batch_size, config.epochs, config.max_steps), notes)]
 
 
-def main(argv: list[str] | None = None) -> dict[str, Any]:
-    config = job_config(TrainSFTConfig, argv, __doc__, "e.g. max_steps=4", plan=plan)
+class TrainSFTSummary(JobSummary):
+    """What ``run`` returns and writes as ``summary.json``."""
+
+    examples: int
+    final_metrics: dict[str, Any] | None = Field(description="the last step's metrics (step, loss, lr, tokens/s, examples_seen)")
+    hf_dir: str
+    resumed_from: str | None
+    seconds: float
+
+
+def run(config: TrainSFTConfig) -> TrainSFTSummary:
+    """Train as ``config`` says (the module docstring). Data that cannot be found, a missing DeepSpeed file
+    or a prompt the tokenizer cannot render: ``ConfigError`` before Ray starts."""
     try:  # data that cannot be found stops the job before any work, naming every place it looked
         from lib.sft_data import load_pairs
 
@@ -261,8 +278,6 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     import ray
     import ray.train
     from ray.train.torch import TorchTrainer
-
-    from jobs.evaluate import init_ray
 
     init_ray()
     ray.data.DataContext.get_current().enable_progress_bars = False
@@ -287,17 +302,21 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     )  # the same run name and storage path: Ray Train restores the latest checkpoint (get_checkpoint in the loop)
     start = time.monotonic()
     result = trainer.fit()
-    summary = {"examples": num_examples, "final_metrics": result.metrics, "hf_dir": str(output_dir / "hf"),
-               "resumed_from": resume.path if resume else None, "seconds": round(time.monotonic() - start, 1)}
-    (output_dir / "summary.json").write_text(json.dumps(summary, indent=2, default=str) + "\n")
+    summary = TrainSFTSummary(examples=num_examples, final_metrics=result.metrics, hf_dir=str(output_dir / "hf"),
+                              resumed_from=resume.path if resume else None, seconds=round(time.monotonic() - start, 1))
+    summary.write(output_dir)
     return summary
 
 
+def main(argv: list[str] | None = None) -> TrainSFTSummary:
+    return cli.main(argv, TrainSFTConfig, run, __doc__, "e.g. max_steps=4", plan=plan)
+
+
+def show(summary: TrainSFTSummary) -> str:
+    m = summary.final_metrics or {}
+    return (f"trained {m.get('step')} steps, final loss {m.get('loss', float('nan')):.4f}, "
+            f"{m.get('examples_seen')} examples; model: {summary.hf_dir}")
+
+
 if __name__ == "__main__":
-    try:
-        out = main()
-        m = out["final_metrics"] or {}
-        print(f"trained {m.get('step')} steps, final loss {m.get('loss', float('nan')):.4f}, "
-              f"{m.get('examples_seen')} examples; model: {out['hf_dir']}")
-    except ConfigError as exc:
-        raise SystemExit(f"error: {exc}") from None
+    cli.entry(main, show=show, resume_note="training resumes from the latest checkpoint")

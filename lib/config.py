@@ -2,16 +2,21 @@
 
 Every model derives from :class:`StrictModel` (``extra="forbid"``), so an unknown key is an error that
 names the key. Errors name the file and, for keys present in the YAML, its line.
+
+A job config also says which of its keys change a run's meaning (``run_only_keys``, ``resume_keys``), read by
+:func:`run_identity` (the pipeline's stage identity) and :func:`resume_conflicts` (a job's resume guard).
+:class:`JobSummary` is the base of what a job's ``run(cfg)`` returns and writes as ``summary.json``. The command
+line (``--config FILE key=value ...``) is ``lib.cli``.
 """
 
 from __future__ import annotations
 
-import argparse
 import importlib.metadata
+import json
 import subprocess
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, ClassVar, TypeVar
 
 import yaml
 from pydantic import BaseModel, ConfigDict, ValidationError
@@ -27,6 +32,47 @@ class StrictModel(BaseModel):
     """Base of every config model: unknown keys are errors, assignments are validated."""
 
     model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+    #: Keys (dotted for nested ones) that change how or where a run goes, not what it produces (resources,
+    #: logging, output_dir): a finished run made with other values of these is the same run.
+    run_only_keys: ClassVar[frozenset[str]] = frozenset()
+    #: Top-level keys that stored outputs depend on and a resume cannot mix: a rerun into an output_dir
+    #: recorded with other values of these is refused.
+    resume_keys: ClassVar[tuple[str, ...]] = ()
+
+
+def run_identity(config: StrictModel) -> dict[str, Any]:
+    """What decides a run's outputs: the config as JSON data without its ``run_only_keys``."""
+    data = config.model_dump(mode="json")
+    for key in type(config).run_only_keys:
+        *parents, last = key.split(".")
+        node: Any = data
+        for part in parents:
+            node = node.get(part) if isinstance(node, dict) else None
+        if isinstance(node, dict):
+            node.pop(last, None)
+    return data
+
+
+def resume_conflicts(config: StrictModel, output_dir: Path) -> dict[str, tuple[Any, Any]]:
+    """``{key: (recorded, now)}`` for each of the config's ``resume_keys`` whose value differs from the one
+    recorded in ``output_dir/config.yaml`` (empty when nothing is recorded there)."""
+    previous = Path(output_dir) / "config.yaml"
+    if not previous.exists():
+        return {}
+    old = yaml.safe_load(previous.read_text()) or {}
+    return {k: (old[k], getattr(config, k)) for k in type(config).resume_keys if k in old and old[k] != getattr(config, k)}
+
+
+class JobSummary(BaseModel):
+    """Base of what a job's ``run(cfg)`` returns; :meth:`write` puts it in ``output_dir/summary.json``.
+    Fields marked ``exclude=True`` are for the caller only (a printed table, the full metrics) and stay out of the file."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    def write(self, output_dir: str | Path) -> None:
+        path = Path(output_dir) / "summary.json"
+        path.write_text(json.dumps(self.model_dump(), indent=2, default=str) + "\n")
 
 
 def _key_lines(text: str) -> dict[tuple[str, ...], int]:
@@ -61,19 +107,35 @@ def parse_override(override: str) -> tuple[list[str], Any]:
     return key.strip().split("."), value
 
 
+def _set(data: dict, path: list[str], value: Any, what: str) -> None:
+    node = data
+    for part in path[:-1]:
+        child = node.get(part)
+        if child is None:
+            child = node[part] = {}
+        elif not isinstance(child, dict):
+            raise ConfigError(f"{what}: {part!r} is not a mapping")
+        node = child
+    node[path[-1]] = value
+
+
 def apply_overrides(data: dict, overrides: list[str]) -> dict:
     for override in overrides:
         path, value = parse_override(override)
-        node = data
-        for part in path[:-1]:
-            child = node.get(part)
-            if child is None:
-                child = node[part] = {}
-            elif not isinstance(child, dict):
-                raise ConfigError(f"override {override!r}: {part!r} is not a mapping")
-            node = child
-        node[path[-1]] = value
+        _set(data, path, value, f"override {override!r}")
     return data
+
+
+def updated(config: M, updates: dict[str, Any]) -> M:
+    """A validated copy of ``config`` with dotted-key ``updates`` (``{"data.limit": 32, "strategy": "fsdp"}``):
+    what ``key=value`` overrides do on the command line, for callers that hold a config object."""
+    data = config.model_dump()
+    for key, value in updates.items():
+        _set(data, key.split("."), value, f"update {key!r}")
+    try:
+        return type(config).model_validate(data)
+    except ValidationError as exc:
+        raise ConfigError(f"invalid update {updates}: {exc}") from None
 
 
 def load_config(model: type[M], path: str | Path | None, overrides: list[str] | None = None) -> M:
@@ -141,27 +203,7 @@ def dump_config(config: BaseModel, path: Path, extra: dict | None = None) -> Non
 
 def job_config(model: type[M], argv: list[str] | None, doc: str | None, example: str,
                plan: Callable[[M], list] | None = None) -> M:
-    """``python -m jobs.X --config FILE key=value ... [--dry-run]``: parse the command line, set up logging, load.
+    """Kept for callers written before ``lib.cli``: :func:`lib.cli.load`."""
+    from lib.cli import load
 
-    With ``--dry-run`` (offered when the job passes its ``plan``), print the plan of the resolved config
-    against cluster/values.yaml and exit (``lib.plan.dry_run``): no model, no Ray, no output."""
-    from lib.progress import setup_logging
-
-    parser = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--config", help="YAML config (see jobs/configs/)")
-    parser.add_argument("overrides", nargs="*", help=f"dotted key=value overrides, {example}")
-    if plan is not None:
-        parser.add_argument("--dry-run", action="store_true", help="print the plan (resources, work, cost) and exit")
-    args = parser.parse_args(argv)
-    setup_logging()
-    config = load_config(model, args.config, args.overrides)
-    if getattr(args, "dry_run", False):
-        from lib.data import DataError
-        from lib.plan import dry_run
-
-        try:
-            stages = plan(config)
-        except DataError as exc:
-            raise SystemExit(f"error: {exc}") from None
-        dry_run(stages)
-    return config
+    return load(model, argv, doc, example, plan=plan)

@@ -27,6 +27,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from pydantic import Field, field_validator
+
+from lib.config import ConfigError, StrictModel
 from lib.extraction import last_boxed
 
 DATA_DIR_ENV = "MATHRAY_DATA_DIR"
@@ -211,6 +214,57 @@ def dataset_names() -> list[str]:
     from lib.gsm_symbolic import DATASETS as GENERATED  # imports this module
 
     return sorted([*DATASETS, *GENERATED])
+
+
+class DatasetRef(StrictModel):
+    """A registry dataset (``name``) or a user file (``path`` + ``columns``): one entry of a job's dataset list."""
+
+    name: str | None = None
+    path: str | None = None
+    split: str = "test"
+    columns: dict[str, str] | None = None
+    answer_format: str = "raw"
+    instances: int | None = Field(None, ge=1, description="GSM-Symbolic datasets: instances per template (default 1); limit counts templates")
+    seed: int = Field(0, description="GSM-Symbolic datasets: the instances' seed")
+
+    @field_validator("name")
+    @classmethod
+    def _known(cls, name: str | None) -> str | None:
+        if name is not None and name not in dataset_names():
+            raise ValueError(f"unknown dataset {name!r}; known: {', '.join(dataset_names())}")
+        return name
+
+
+def check_names(refs: list) -> list:
+    """Validator body: every bare name in ``refs`` is a registry dataset."""
+    for ref in refs:
+        if isinstance(ref, str) and ref not in dataset_names():
+            raise ValueError(f"unknown dataset {ref!r}; known: {', '.join(dataset_names())}")
+    return refs
+
+
+def load_refs(refs: list[str | DatasetRef], limit: int | None, split: str, key: str, data_dir: str | None = None) -> list[Question]:
+    """Questions of registry names (``split``) and refs, first ``limit`` of each; ids must be unique
+    (``key`` names the config key in the error)."""
+    questions = []
+    for ref in refs:
+        if isinstance(ref, str):
+            questions += load_dataset(ref, split=split, limit=limit, data_dir=data_dir)
+        elif ref.name:
+            questions += load_dataset(ref.name, split=ref.split, limit=limit, data_dir=data_dir,
+                                      instances=ref.instances, seed=ref.seed)
+        else:
+            questions += load_dataset(ref.path, columns=ref.columns, answer_format=ref.answer_format, limit=limit)
+    ids = [q.id for q in questions]
+    if len(set(ids)) != len(ids):
+        raise ConfigError(f"{key}: the same question id appears twice; is a dataset listed twice?")
+    return questions
+
+
+def evaluation_questions(datasets: list[str | DatasetRef], limit: int | None = None, data_dir: str | None = None) -> list[Question]:
+    """The questions an evaluation runs on (its ``datasets``, test split, first ``limit`` of each): what
+    ``jobs.evaluate`` samples and what a reader of its output directory (the error analysis) pairs with the samples."""
+    return load_refs(datasets, limit, "test", "datasets", data_dir)
 
 
 def to_text(value: Any) -> str:

@@ -56,9 +56,9 @@ def test_one_sft_step_per_strategy_on_one_gpu(strategy, attn, nccl_group, tiny_m
 def test_one_vllm_sample_through_evaluate(ray_cluster, tiny_model, tmp_path):
     from jobs.evaluate import main as evaluate
 
-    metrics, _ = evaluate(["--config", "jobs/configs/evaluate_tiny.yaml", f"model={tiny_model}", "limit=1",
-                           "samples_per_question=1", "greedy=false", "max_tokens=8", "resources.gpus_per_engine=1",
-                           "engine.enforce_eager=false", f"output_dir={tmp_path}"])
+    metrics = evaluate(["--config", "jobs/configs/evaluate_tiny.yaml", f"model={tiny_model}", "limit=1",
+                        "samples_per_question=1", "greedy=false", "max_tokens=8", "resources.gpus_per_engine=1",
+                        "engine.enforce_eager=false", f"output_dir={tmp_path}"]).metrics
     assert sum(metrics["gsm8k"]["status_counts"].values()) == 1
 
 

@@ -38,8 +38,8 @@ def eval_dir(tmp_path):
 
 def test_arithmetic_labels_every_incorrect_sample_and_rates_are_over_all_samples(eval_dir):
     result = main(["--eval-dir", str(eval_dir)])
-    assert result["num_samples"] == 6 and result["num_incorrect"] == 3
-    arithmetic = result["methods"]["arithmetic"]
+    assert result.num_samples == 6 and result.num_incorrect == 3
+    arithmetic = result.methods["arithmetic"]
     assert arithmetic["counts"] == {"calculation": 2, "reasoning": 0, "no_slip_found": 1, "unlabelled": 0}
     assert arithmetic["rates"]["calculation_rate"] == pytest.approx(2 / 6)
     assert arithmetic["rates"]["no_slip_found_rate"] == pytest.approx(1 / 6)
@@ -59,21 +59,21 @@ def test_judge_labels_through_an_openai_compatible_server_and_a_failed_request_i
         args = ["--eval-dir", str(eval_dir), "arithmetic=false", f"judge.base_url={teacher.base_url}",
                 "judge.model=judge", "judge.api_key_env=JUDGE_KEY", "judge.max_concurrency=1"]
         result = main(args)
-        j = result["methods"]["judge"]
-        assert j["num_judged"] == 3 and j["num_failed"] == 1 and "arithmetic" not in result["methods"]
+        j = result.methods["judge"]
+        assert j["num_judged"] == 3 and j["num_failed"] == 1 and "arithmetic" not in result.methods
         assert j["counts"]["calculation"] + j["counts"]["reasoning"] == 2 and j["counts"]["unlabelled"] == 1
         sent = len(teacher.log)
         again = main(args)  # answered requests come from the cache; only the failed one is sent again
         assert len(teacher.log) == sent + 1
-        assert again["methods"]["judge"]["counts"] == {"calculation": 1, "reasoning": 2, "no_slip_found": 0, "unlabelled": 0}
-        assert again["methods"]["judge"]["rates"]["calculation_rate"] == pytest.approx(1 / 6)
+        assert again.methods["judge"]["counts"] == {"calculation": 1, "reasoning": 2, "no_slip_found": 0, "unlabelled": 0}
+        assert again.methods["judge"]["rates"]["calculation_rate"] == pytest.approx(1 / 6)
 
 
 def test_judge_max_samples_takes_a_seeded_subset_and_scales_rates(eval_dir):
     with FakeTeacher(responder=judge, model="judge") as teacher:
         result = main(["--eval-dir", str(eval_dir), f"judge.base_url={teacher.base_url}", "judge.model=judge",
                        "judge.api_key_env=NO_SUCH_ENV_FOR_TEST", "judge_max_samples=2"])
-    j = result["methods"]["judge"]
+    j = result.methods["judge"]
     assert j["num_judged"] == 2 and j["rates_scaled_from_judged"] is True
     labelled = j["counts"]["calculation"] + j["counts"]["reasoning"]
     assert labelled == 2

@@ -17,8 +17,8 @@ def test_default_model_samples_are_graded_as_the_grader_says(ray_cluster, defaul
     """SmolLM2 on 2 GSM8K questions: every stored verdict equals lib.grading.grade on the stored text,
     and the texts are real generations (tokens counted, finish reasons from the engine)."""
     out = tmp_path / "eval"
-    metrics, _ = evaluate(["--config", str(REPO / "jobs/configs/evaluate_tiny.yaml"), f"output_dir={out}",
-                           "limit=2", "samples_per_question=4", "max_tokens=128"])
+    metrics = evaluate(["--config", str(REPO / "jobs/configs/evaluate_tiny.yaml"), f"output_dir={out}",
+                        "limit=2", "samples_per_question=4", "max_tokens=128"]).metrics
     table = SampleStore(out).read("samples").to_pylist() + SampleStore(out).read("greedy").to_pylist()
     assert len(table) == 2 * 4 + 2
     for row in table:

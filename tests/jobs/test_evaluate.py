@@ -16,6 +16,7 @@ import pytest
 import yaml
 
 from jobs.evaluate import main as evaluate
+from lib.config import ConfigError
 from lib.grading import STATUSES
 from lib.sample_store import SampleStore
 
@@ -49,7 +50,7 @@ def test_1024_samples_extend_rerun_regrade(ray_cluster, tiny_model, tmp_path, ca
     # several chunks of one question share a batch: progress still counts both questions as done
     assert "evaluate: 2002/2002 samples | questions_done 2 (" in caplog.text
 
-    metrics, table = run(tiny_model, out, "limit=2", "samples_per_question=1024", "max_tokens=4", "resources.samples_per_request=128")
+    table = run(tiny_model, out, "limit=2", "samples_per_question=1024", "max_tokens=4", "resources.samples_per_request=128").table
     got = pairs(out)
     assert raw_rows(out) == 2048 and len(set(got)) == 2048
     assert sorted(got) == sorted((q, i) for q in ("gsm8k/test/0", "gsm8k/test/1") for i in range(1024))
@@ -76,9 +77,13 @@ def test_1024_samples_extend_rerun_regrade(ray_cluster, tiny_model, tmp_path, ca
     assert set(samples.column("status").to_pylist()) <= set(STATUSES)
     assert max(samples.column("num_tokens").to_pylist()) <= 4
 
-    metrics_after, _ = run(tiny_model, out, "limit=2", "samples_per_question=1024", "max_tokens=4", "stage=grade")
+    metrics_after = run(tiny_model, out, "limit=2", "samples_per_question=1024", "max_tokens=4", "stage=grade").metrics
     assert raw_rows(out) == 2048 and raw_rows(out, "greedy") == 2
     assert metrics_after["gsm8k"]["status_counts"] == entry["status_counts"]
+    summary = json.loads((out / "summary.json").read_text())  # the last run's: stage=grade
+    assert (summary["stage"], summary["questions"], summary["samples_per_question"]) == ("grade", 2, 1024)
+    assert set(summary["results"]["gsm8k"]) == {"greedy_pass@1", "pass@1", "pass@1024", "maj@1024"}
+    assert summary["results"]["gsm8k"]["pass@1024"] == entry["pass@k"]["1024"] and "metrics" not in summary
     assert not (out / ".regrade").exists()
 
 
@@ -87,9 +92,8 @@ def test_changed_sampling_settings_refuse_to_resume(tiny_model, tmp_path):
     out = tmp_path / "eval"
     out.mkdir()
     (out / "config.yaml").write_text(yaml.safe_dump({"model": tiny_model, "temperature": 0.7, "prompt": "boxed", "max_tokens": 4, "top_p": 1.0}))
-    with pytest.raises(SystemExit) as exc:
+    with pytest.raises(ConfigError, match=r"holds samples drawn with other settings \(temperature: 0.7 -> 1.0\)"):
         run(tiny_model, out, "max_tokens=4", "temperature=1.0")
-    assert exc.value.code == 2
 
 
 def test_sigkill_mid_run_then_rerun_gives_exact_rows(tiny_model, tmp_path):

@@ -83,9 +83,9 @@ def test_stage_counts_removals_and_a_cached_rerun(tmp_path):
              "dedup.near_threshold=0.7", "teacher.pricing.prompt_usd_per_mtok=1000",
              "teacher.pricing.completion_usd_per_mtok=1000"]
     with FakeTeacher(responder=ScriptedTeacher()) as teacher:
-        card = main(args(teacher, out, *extra))
+        card = main(args(teacher, out, *extra)).card
         assert len(teacher.log) == 12 + 11 * 4 + 9 * 3
-        again = main(args(teacher, out, *extra))
+        again = main(args(teacher, out, *extra)).card
         assert len(teacher.log) == 83
     counts = {s["stage"]: (s.get("questions"), s.get("solutions")) for s in card["stages"]}
     assert counts == {
@@ -159,7 +159,7 @@ def test_sigkill_mid_run_then_rerun_sends_no_succeeded_request_again(tmp_path):
         cached = settled_keys(cache)  # Ray's worker processes outlive the driver by a moment
         assert 20 <= len(cached) < 80, f"killed too late: {len(cached)} of 80 responses cached"
         first_run = len(teacher.log)
-        card = main(args(teacher, out, *extra))
+        card = main(args(teacher, out, *extra)).card
         rerun_keys = [logged_key(entry["body"]) for entry in teacher.log[first_run:]]
         assert not set(rerun_keys) & cached, "a request that had succeeded was sent again"
         assert len(rerun_keys) == len(set(rerun_keys)) == 80 - len(cached)
@@ -176,14 +176,14 @@ def test_budget_stops_cleanly_and_a_larger_budget_finishes_from_the_cache(tmp_pa
              "stage.question_max_tokens=60", "teacher.max_concurrency=2", "resources.seeds_per_batch=1",
              "teacher.pricing.prompt_usd_per_mtok=1000", "teacher.pricing.completion_usd_per_mtok=1000"]
     with FakeTeacher() as teacher:
-        card = main(args(teacher, out, "budget_usd=0.4", *extra))
+        card = main(args(teacher, out, "budget_usd=0.4", *extra)).card
         first = len(teacher.log)
         assert card["stopped_by_budget"] and 0 < first < 30
         assert card["totals"]["cost"] <= 0.4 and card["totals"]["budget_refused"] > 0
         assert any("stopped by budget_usd=0.4" in n for n in card["notes"])
         done = json.loads((out / "summary.json").read_text())
         assert done["stopped_by_budget"] is True
-        full = main(args(teacher, out, "budget_usd=100", *extra))
+        full = main(args(teacher, out, "budget_usd=100", *extra)).card
         assert len(teacher.log) == 30
     assert not full["stopped_by_budget"] and full["totals"]["requests"] == 30 - first
     assert full["stages"][-1]["questions"] == 6
@@ -221,7 +221,7 @@ def test_tiny_config_with_vllms_server_then_cached_rerun(tmp_path):
     """The shipped tiny config end to end with the default model behind vLLM's OpenAI server: a dataset
     and a data card whose counts add up; the rerun sends no request."""
     out = tmp_path / "tiny"
-    card = main(["--config", "jobs/configs/synthesize_tiny.yaml", f"output_dir={out}", "seed_limit=4"])
+    card = main(["--config", "jobs/configs/synthesize_tiny.yaml", f"output_dir={out}", "seed_limit=4"]).card
     shown = json.dumps({k: card[k] for k in ("stages", "removals", "usage", "totals", "rows")}, indent=1)
     stages = {s["stage"]: s for s in card["stages"]}
     assert stages["seeds"]["questions"] == 4 and stages["questions requested"]["questions"] == 8, shown
@@ -231,7 +231,7 @@ def test_tiny_config_with_vllms_server_then_cached_rerun(tmp_path):
     assert usage["solution"]["requests"] - usage["solution"]["retries"] == 4 * stages["questions parsed"]["questions"], shown
     assert pq.read_table(out / "data").num_rows == card["rows"] == stages["final dataset"]["solutions"], shown
     assert (out / "data_card.md").exists() and card["totals"]["cost"] > 0, shown
-    again = main(["--config", "jobs/configs/synthesize_tiny.yaml", f"output_dir={out}", "seed_limit=4"])
+    again = main(["--config", "jobs/configs/synthesize_tiny.yaml", f"output_dir={out}", "seed_limit=4"]).card
     shown_again = json.dumps({k: again[k] for k in ("stages", "removals", "usage", "totals", "rows")}, indent=1)
     t = card["totals"]
     assert again["totals"]["requests"] == 0, shown_again

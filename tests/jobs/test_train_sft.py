@@ -66,7 +66,7 @@ def test_sigkill_then_rerun_equals_an_uninterrupted_run(tmp_path):
     done_before = max(steps(killed))
     assert 2 <= done_before < 6, f"killed at step {done_before}"
     summary = main([*common, f"output_dir={killed}"])
-    assert summary["resumed_from"] is not None
+    assert summary.resumed_from is not None
     a, b = steps(clean), steps(killed)
     assert sorted(a) == sorted(b) == [1, 2, 3, 4, 5, 6]
     for s in range(1, 7):
@@ -100,8 +100,8 @@ def test_a_base_model_export_is_bf16_evaluates_with_vllm_and_answers_chat_as_tra
     assert _json.loads((hf / "config.json").read_text())["dtype"] == "bfloat16"
     assert load_model_prompt(hf) == get_prompt("xwin")
     assert _json.loads((hf / "training_args.json").read_text())["prompt"]["name"] == "xwin"
-    metrics, _ = evaluate(["--config", "jobs/configs/evaluate_tiny.yaml", f"model={hf}", "prompt=xwin", "limit=2",
-                           "samples_per_question=2", "max_tokens=8", f"output_dir={tmp_path / 'eval'}"])
+    metrics = evaluate(["--config", "jobs/configs/evaluate_tiny.yaml", f"model={hf}", "prompt=xwin", "limit=2",
+                        "samples_per_question=2", "max_tokens=8", f"output_dir={tmp_path / 'eval'}"]).metrics
     gsm = metrics["gsm8k"]
     assert gsm["num_questions"] == 2 and gsm["samples_per_question"] == 2
     assert sum(gsm["status_counts"].values()) == 4 and gsm["status_counts"].get("error", 0) == 0

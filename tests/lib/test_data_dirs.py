@@ -104,14 +104,13 @@ def test_evaluate_without_data_fails_before_any_work(tmp_path):
 
 def test_train_sft_without_data_fails_before_ray_starts(places, tmp_path, monkeypatch):
     """The SFT job stops before Ray starts (and before its output directory exists), naming every place."""
-    import jobs.evaluate
     import jobs.train_sft
     from lib.config import ConfigError
 
     def no_ray():
         raise AssertionError("Ray was started before the data check")
 
-    monkeypatch.setattr(jobs.evaluate, "init_ray", no_ray)
+    monkeypatch.setattr(jobs.train_sft, "init_ray", no_ray)
 
     out_dir = tmp_path / "sft"
     with pytest.raises(ConfigError) as err:

@@ -11,12 +11,12 @@ from lib.output_dir import disk_full, prepare_output_dir
 
 
 def evaluate_error(capsys, *overrides) -> str:
+    """What `python -m jobs.evaluate` prints before it exits with 2 (lib.cli.entry: `error: ` + the ConfigError)."""
     from jobs.evaluate import main
 
-    with pytest.raises(SystemExit) as exc:
+    with pytest.raises(ConfigError) as exc:
         main(["limit=1", *overrides])
-    assert exc.value.code == 2
-    return capsys.readouterr().err
+    return f"error: {exc.value}\n"
 
 
 def test_evaluate_output_dir_that_is_a_file_or_unwritable(tmp_path, capsys):

@@ -36,7 +36,7 @@ def test_teacher_key_never_in_ray_session_logs_or_outputs(tmp_path, monkeypatch)
     with FakeTeacher(api_key=canary) as teacher:
         card = main([f"teacher.base_url={teacher.base_url}", f"teacher.model={teacher.model}", f"output_dir={out}",
                      "teacher.api_key_env=MATHRAY_TEST_TEACHER_KEY", "seed_limit=2", "stage.questions_per_seed=1",
-                     "stage.solutions_per_question=2", "decontamination.enabled=false"])
+                     "stage.solutions_per_question=2", "decontamination.enabled=false"]).card
         answered = len(teacher.answered())
     assert answered == 2 * (1 + 2) and card["totals"]["failed"] == 0  # the key did reach the teacher
     session = Path(ray._private.worker._global_node.get_session_dir_path())
