@@ -196,7 +196,7 @@ class JudgeAndStore:
     def __init__(self, judge: dict, output_dir: str, cache_path: str, governor: Any = None, api_key: Any = None,
                  seed: int = 0):
         setup_logging()
-        for noisy in ("httpx", "openai"):
+        for noisy in ("httpx", "httpx2", "openai"):  # one INFO line per HTTP request otherwise
             logging.getLogger(noisy).setLevel(logging.WARNING)
         self.settings = TeacherSettings.model_validate(judge)
         self.store = ScoreStore(output_dir)
