@@ -112,7 +112,7 @@ def run_stage(config: ScoreConfig, judge: TeacherSettings, rows: list[dict], out
     progress = Progress("score", total=len(rows), unit="samples")
     for batch in ds.iter_batches(batch_size=None, batch_format="pandas", prefetch_batches=0):
         for column in batch.columns:
-            totals[column] = totals.get(column, 0) + batch[column].sum().item()
+            totals[column] = totals.get(column, 0) + float(batch[column].sum())
         progress.update(int(batch["num_rows"].sum()), failed=int(batch["failed"].sum()))
     progress.finish()
     ray.kill(governor)
