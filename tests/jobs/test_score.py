@@ -95,3 +95,14 @@ def test_score_job_resumes_without_repeating_a_request_and_feeds_select_at_k(tmp
     saved = json.loads((tmp_path / "metrics.json").read_text())
     assert saved["gsm8k"]["select@k"]["verifier_weighted"]["4"] == 1.0
     assert "verifier_weighted" in (tmp_path / "summary.md").read_text()
+
+
+def test_score_job_refuses_a_directory_without_samples_and_two_judges_before_work(tmp_path):
+    """Bad input stops the job before any request: no stored evaluation, or both local_server and judge.base_url."""
+    from lib.config import ConfigError
+
+    with pytest.raises(ConfigError, match="holds no evaluation samples"):
+        score.main([f"output_dir={tmp_path}"])
+    with pytest.raises(ConfigError, match="either local_server .* or judge.base_url"):
+        score.main([f"output_dir={tmp_path}", "local_server.model=default", "judge.base_url=http://127.0.0.1:1/v1"])
+    assert not (tmp_path / "scores").exists()
