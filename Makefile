@@ -50,6 +50,7 @@ bench: install
 	$(PY) -m jobs.bench_synthesize
 	$(PY) -m jobs.bench_serve
 	$(PY) -m jobs.bench_train
+	$(PY) -m jobs.bench_adaptive
 
 clean:
 	rm -rf outputs .pytest_cache

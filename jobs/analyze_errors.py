@@ -30,12 +30,11 @@ import random
 from pathlib import Path
 from typing import Any
 
-import yaml
-from pydantic import Field, TypeAdapter
+from pydantic import Field
 
 from lib import cli
 from lib.config import ConfigError, JobSummary, StrictModel
-from lib.data import DatasetRef, evaluation_questions
+from lib.data import stored_evaluation_questions
 from lib.error_analysis import ARITHMETIC_METHOD, JUDGE_METHOD, arithmetic_label, find_equations, judge_messages, parse_judge_label, summarize
 from lib.progress import Progress
 from lib.teacher import BUDGET_EXHAUSTED, Governor, RequestCache, TeacherClient, TeacherError, TeacherSettings, preflight
@@ -66,9 +65,7 @@ def incorrect_samples(eval_dir: Path) -> tuple[list[dict[str, Any]], int]:
 
     table = SampleStore(eval_dir).read("samples", ["question_id", "sample_idx", "text", "status", "extracted", "gold"])
     rows = table.to_pylist()
-    saved = yaml.safe_load((eval_dir / "config.yaml").read_text())
-    datasets = TypeAdapter(list[str | DatasetRef]).validate_python(saved.get("datasets", ["gsm8k"]))
-    questions = {q.id: q.question for q in evaluation_questions(datasets, saved.get("limit"), saved.get("data_dir"))}
+    questions = {q.id: q.question for q in stored_evaluation_questions(eval_dir)}
     wrong = [{**r, "question": questions.get(r["question_id"], "")} for r in rows if r["status"] == "incorrect"]
     wrong.sort(key=lambda r: (r["question_id"], r["sample_idx"]))
     return wrong, len(rows)

@@ -49,7 +49,8 @@ from lib.ray_runtime import init_ray
 from lib.symbolic_report import write_report as write_symbolic_report
 from lib.sample_store import GradeAndStore, SampleStore, plan_requests
 from lib.sampling import EngineConfig
-from lib.selection import NEEDS_TEXTS
+from lib.scoring import check_score_source, score_lists
+from lib.selection import NEEDS_SCORES, NEEDS_TEXTS
 
 log = logging.getLogger("mathray.evaluate")
 
@@ -92,7 +93,7 @@ class EvaluateConfig(StrictModel):
                                         "sample; reports pass@k for every k, no PassRatio / maj@k / select@k")
     selection: list[str] = Field(default_factory=lambda: ["majority", "arithmetic_checked"],
                                  description="lib.selection rules whose select@k is reported (rules needing "
-                                 "verifier/judge scores are refused: this job computes no scores)")
+                                 "judge scores read output_dir/scores/, written by python -m jobs.score)")
     engine_log_level: str = Field("WARNING", description="vLLM's log level inside the sampling actors")
     ray_data_progress: bool = Field(False, description="also show Ray Data's own operator progress (verbose)")
     engine: EngineConfig = Field(default_factory=EngineConfig)
@@ -107,7 +108,7 @@ class EvaluateConfig(StrictModel):
     @field_validator("selection")
     @classmethod
     def _known_rules(cls, names: list[str]) -> list[str]:
-        return check_selection(names)
+        return check_selection(names, has_scores=True)  # the score source is checked before work (check_score_source)
 
     @field_validator("datasets")
     @classmethod
@@ -306,8 +307,10 @@ def run_metrics(config: EvaluateConfig, questions: list, output_dir: Path) -> tu
         return _write_metrics(config, questions, output_dir, compute_adaptive_metrics(
             questions, store.read("samples", columns), store.read("greedy", columns), config.samples_per_question, seed=config.seed))
     sample_columns = columns + (["text"] if NEEDS_TEXTS.intersection(config.selection) else [])
+    scores = score_lists(output_dir, [q.id for q in questions], config.samples_per_question) \
+        if NEEDS_SCORES.intersection(config.selection) else None
     metrics = compute_metrics(questions, store.read("samples", sample_columns), store.read("greedy", columns),
-                              config.samples_per_question, seed=config.seed, selection=config.selection)
+                              config.samples_per_question, seed=config.seed, selection=config.selection, scores=scores)
     return _write_metrics(config, questions, output_dir, metrics)
 
 
@@ -362,6 +365,7 @@ def run(config: EvaluateConfig) -> EvaluateSummary:
             questions = load_questions(config)
             check_model(config.model)
             check_resume(config, output_dir)
+            check_score_source(config.selection, output_dir)
             SampleStore(output_dir).check_questions(questions)
             prepare_output_dir(output_dir)
             stack.enter_context(hold_output_dir(output_dir, "evaluate"))  # one run per output_dir

@@ -27,7 +27,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from pydantic import Field, field_validator
+import yaml
+from pydantic import Field, TypeAdapter, field_validator
 
 from lib.config import ConfigError, StrictModel
 from lib.extraction import last_boxed
@@ -265,6 +266,15 @@ def evaluation_questions(datasets: list[str | DatasetRef], limit: int | None = N
     """The questions an evaluation runs on (its ``datasets``, test split, first ``limit`` of each): what
     ``jobs.evaluate`` samples and what a reader of its output directory (the error analysis) pairs with the samples."""
     return load_refs(datasets, limit, "test", "datasets", data_dir)
+
+
+def stored_evaluation_questions(eval_dir: str | Path) -> list[Question]:
+    """The questions of the evaluation whose output directory is ``eval_dir``, from the ``datasets``, ``limit``
+    and ``data_dir`` recorded in its ``config.yaml``: what a reader of its samples (the error analysis, the
+    judge) pairs them with."""
+    saved = yaml.safe_load((Path(eval_dir) / "config.yaml").read_text()) or {}
+    datasets = TypeAdapter(list[str | DatasetRef]).validate_python(saved.get("datasets", ["gsm8k"]))
+    return evaluation_questions(datasets, saved.get("limit"), saved.get("data_dir"))
 
 
 def to_text(value: Any) -> str:

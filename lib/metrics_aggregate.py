@@ -162,14 +162,16 @@ def check_selection(names: list[str], *, has_scores: bool = False) -> list[str]:
 
 
 def compute_metrics(questions: list[Any], samples: pa.Table, greedy: pa.Table | None, samples_per_question: int, *,
-                    seed: int = 0, selection: list[str] | tuple[str, ...] = ()) -> dict:
+                    seed: int = 0, selection: list[str] | tuple[str, ...] = (),
+                    scores: dict[str, list[float | None]] | None = None) -> dict:
     """Metrics of one run; ``questions`` are ``lib.data.Question`` objects, tables as in ``lib.sample_store``.
 
     Only sample indices below ``samples_per_question`` count (a directory may hold more from an
     earlier, larger run). Raises :class:`IncompleteRunError` when a question has fewer samples.
-    ``selection``: rules whose select@k is reported; those in ``NEEDS_TEXTS`` need a ``text`` column.
+    ``selection``: rules whose select@k is reported; those in ``NEEDS_TEXTS`` need a ``text`` column, those in
+    ``NEEDS_SCORES`` need ``scores`` (question_id -> score of sample 0..n-1, ``lib.scoring.score_lists``).
     """
-    check_selection(list(selection))
+    check_selection(list(selection), has_scores=scores is not None)
     if NEEDS_TEXTS.intersection(selection) and "text" not in samples.column_names:
         raise ValueError(f"selection rules {sorted(NEEDS_TEXTS.intersection(selection))} need the samples' text column")
     per_q = _by_question(samples, samples_per_question)
@@ -197,7 +199,8 @@ def compute_metrics(questions: list[Any], samples: pa.Table, greedy: pa.Table | 
             if q.id not in cache:
                 texts = [r[3] or "" for r in rows] if NEEDS_TEXTS.intersection(selection) else None
                 cache[q.id] = question_metrics([r[2] for r in rows], [r[1] == "correct" for r in rows], ks, seed=seed,
-                                               selection=selection, texts=texts)
+                                               selection=selection, texts=texts,
+                                               scores=scores[q.id] if scores is not None else None)
             per_question.append(cache[q.id])
             if q.id in greedy_q:
                 greedy_correct.append(greedy_q[q.id][0][1] == "correct")

@@ -6,12 +6,14 @@ import pytest
 
 from jobs.evaluate import EvaluateConfig
 from jobs.pipeline import PipelineConfig
+from jobs.score import ScoreConfig
 from jobs.synthesize import SynthesizeConfig
 from jobs.train_sft import TrainSFTConfig
 from lib.config import load_config
 
 CONFIGS = Path(__file__).resolve().parents[2] / "jobs" / "configs"
-MODELS = {"evaluate": EvaluateConfig, "synthesize": SynthesizeConfig, "train_sft": TrainSFTConfig, "pipeline": PipelineConfig}
+MODELS = {"evaluate": EvaluateConfig, "synthesize": SynthesizeConfig, "train_sft": TrainSFTConfig, "pipeline": PipelineConfig,
+          "score": ScoreConfig}
 
 
 @pytest.mark.parametrize("path", sorted(CONFIGS.glob("*.yaml")), ids=lambda p: p.name)
@@ -31,13 +33,15 @@ def test_unknown_dataset_is_rejected_before_work():
 
 
 def test_evaluate_selection_is_validated_at_config_load_naming_the_key():
-    """issue 15: selection defaults to majority + arithmetic_checked; a score-needing or unknown rule is a
-    config error naming the key `selection` (before any sampling)."""
+    """issue 15: selection defaults to majority + arithmetic_checked; an unknown or repeated rule is a config
+    error naming the key `selection` (before any sampling). Score rules load (their scores/ source is checked
+    before work by lib.scoring.check_score_source, tests/lib/test_scoring.py)."""
     from jobs.evaluate import EvaluateConfig
     from lib.config import ConfigError, load_config
 
     assert EvaluateConfig().selection == ["majority", "arithmetic_checked"]
     assert load_config(EvaluateConfig, None, ["selection=[random]"]).selection == ["random"]
-    for bad in ("selection=[judge_top_groups]", "selection=[nope]"):
+    assert load_config(EvaluateConfig, None, ["selection=[judge_top_groups]"]).selection == ["judge_top_groups"]
+    for bad in ("selection=[nope]", "selection=[majority,majority]"):
         with pytest.raises(ConfigError, match="selection"):
             load_config(EvaluateConfig, None, [bad])
