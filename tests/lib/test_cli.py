@@ -96,7 +96,7 @@ def test_entry_lets_an_unnamed_failure_raise_and_prints_the_summary(capsys):
 
 
 @pytest.mark.parametrize("module", ["jobs.evaluate", "jobs.synthesize", "jobs.train_sft", "jobs.analyze_errors",
-                                    "jobs.pipeline"])
+                                    "jobs.pipeline", "jobs.score"])
 def test_every_job_reports_a_bad_key_the_same_way(tmp_path, module):
     """`python -m jobs.X --config FILE` with an unknown key: exit 2, `error: invalid config:` naming FILE:LINE
     and the key, nothing else on stderr, for every job."""
