@@ -1,5 +1,5 @@
 """The jobs' stages called directly on small dicts, without Ray: the grade-and-store stage of the evaluation
-job, the synthesis stage against the loopback stand-in teacher, and the SFT step on the tiny model.
+job, the synthesis stage against the loopback stand-in teacher, and the SFT step on a tiny Llama.
 
 The slow tests run the same stages inside whole jobs (Ray Data, Ray Train, vLLM); these pin down what each
 stage does with one batch, in seconds."""
@@ -129,51 +129,49 @@ def test_synthesis_stage_records_a_failed_request_in_the_row(tmp_path):
     assert (kept["votes"], kept["agreement"]) == (2, 1.0)  # sample seeds 0 and 1 agree
 
 
-@pytest.fixture(scope="module")
-def tiny_examples(tiny_model):
-    from transformers import AutoTokenizer
-
-    from lib.data import load_dataset
-    from lib.sft import tokenize_example
-
-    tokenizer = AutoTokenizer.from_pretrained(tiny_model)
-    questions = load_dataset("gsm8k", split="train", limit=4)
-    return [tokenize_example(tokenizer, q.question, f"The answer is \\boxed{{{q.answer}}}.", "boxed", 256) for q in questions]
-
-
-def new_trainer(tiny_model, settings):
+def tiny_llama():
+    """The tiny Llama's shape (2 layers, 2 heads) with a 256-token vocabulary, fp32, built in memory: the step
+    does not depend on the tokenizer, and the stage test stays a unit test (no checkpoint on disk)."""
     import torch
-    from transformers import AutoModelForCausalLM
-
-    from lib.train_loop import SFTTrainer
+    from transformers import LlamaConfig, LlamaForCausalLM
 
     torch.manual_seed(0)
-    model = AutoModelForCausalLM.from_pretrained(tiny_model, dtype=torch.float32, attn_implementation="sdpa")
-    return SFTTrainer(model, settings, "none")
+    config = LlamaConfig(vocab_size=256, hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=2,
+                         num_key_value_heads=2, max_position_embeddings=256, tie_word_embeddings=True)
+    return LlamaForCausalLM(config).to(torch.float32)
 
 
-def test_sft_step_lowers_the_loss_and_a_saved_state_resumes_to_the_same_next_step(tiny_model, tiny_examples, tmp_path):
-    """One process, no Ray: the SFT step on the tiny model, the same 4 examples every step, lowers the loss at
-    each of 3 steps (label tokens counted exactly); a trainer restored from the step-2 checkpoint takes a third
-    step equal (1e-6) to the uninterrupted one, at the same learning rate."""
-    from lib.train_loop import StepSettings, micro_batches
+def sft_examples():
+    """4 examples of 20..50 tokens whose first 6 tokens are the (masked) prompt."""
+    from lib.sft import IGNORE, Example
+
+    return [Example([(7 * k + i) % 250 + 1 for i in range(n)], [IGNORE] * 6 + [(7 * k + i) % 250 + 1 for i in range(6, n)])
+            for k, n in enumerate((20, 33, 41, 50))]
+
+
+def test_sft_step_lowers_the_loss_and_a_saved_state_resumes_to_the_same_next_step(tmp_path):
+    """One process, no Ray: the SFT step (packing, strategy none) on the same 4 examples every step lowers the
+    loss at each of 3 steps, counting label and processed tokens exactly; a trainer restored from the step-2
+    checkpoint (DCP) reports the saved data position and takes a third step equal (1e-6) to the uninterrupted
+    one, at the same learning rate."""
+    from lib.train_loop import SFTTrainer, StepSettings, micro_batches
 
     settings = StepSettings(lr=1e-3, weight_decay=0.0, warmup_steps=1, total_steps=3, max_grad_norm=1.0,
-                            global_batch_size=4, micro_batch_tokens=512, packing=True, varlen=False, seed=0)
-    batch = list(range(4))
-    label_tokens = sum(e.num_label_tokens for e in tiny_examples)
-    trainer = new_trainer(tiny_model, settings)
+                            global_batch_size=4, micro_batch_tokens=96, packing=True, varlen=False, seed=0)
+    examples, batch = sft_examples(), [0, 1, 2, 3]
+    assert len(micro_batches(examples, batch, settings, 0)) == 2  # 144 tokens packed into micro-batches of <= 96
+    trainer = SFTTrainer(tiny_llama(), settings, "none")
     losses = []
     for step in (1, 2, 3):
-        loss, tokens, processed = trainer.train_step(micro_batches(tiny_examples, batch, settings, 0), 0)
-        assert (tokens, processed) == (label_tokens, sum(len(e) for e in tiny_examples))
+        loss, tokens, processed = trainer.train_step(micro_batches(examples, batch, settings, 0), 0)
+        assert (tokens, processed) == (144 - 4 * 6, 144)
         losses.append(loss)
         if step == 2:
-            trainer.save(tmp_path / "ckpt", {"epoch": 0, "batch": 2})
+            trainer.save(tmp_path / "ckpt", {"epoch": 1, "batch": 0})
     assert losses[1] < losses[0] and losses[2] < losses[1], losses
     assert trainer.step == 3
 
-    resumed = new_trainer(tiny_model, settings)
-    assert resumed.load(tmp_path / "ckpt") == {"epoch": 0, "batch": 2} and resumed.step == 2
-    loss, _, _ = resumed.train_step(micro_batches(tiny_examples, batch, settings, 0), 0)
+    resumed = SFTTrainer(tiny_llama(), settings, "none")
+    assert resumed.load(tmp_path / "ckpt") == {"epoch": 1, "batch": 0} and resumed.step == 2
+    loss, _, _ = resumed.train_step(micro_batches(examples, batch, settings, 0), 0)
     assert loss == pytest.approx(losses[2], abs=1e-6) and resumed.lr == trainer.lr
