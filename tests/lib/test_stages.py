@@ -175,3 +175,20 @@ def test_sft_step_lowers_the_loss_and_a_saved_state_resumes_to_the_same_next_ste
     assert resumed.load(tmp_path / "ckpt") == {"epoch": 1, "batch": 0} and resumed.step == 2
     loss, _, _ = resumed.train_step(micro_batches(examples, batch, settings, 0), 0)
     assert loss == pytest.approx(losses[2], abs=1e-6) and resumed.lr == trainer.lr
+
+
+@pytest.mark.parametrize("stop_after", [2, 3, 4])  # mid-epoch, an epoch's last batch, the next epoch's first
+def test_the_data_order_resumes_from_a_saved_position_mid_epoch_and_at_an_epochs_end(stop_after):
+    """10 examples, batches of 4 (3 per epoch, the last short), 2 epochs: resuming from the position saved after
+    ``stop_after`` steps (what the job stores: the epoch and the next batch) yields exactly the remaining steps
+    of an uninterrupted run; every epoch is a permutation of the examples, reshuffled per epoch."""
+    from lib.train_loop import StepSettings, iter_steps
+
+    s = StepSettings(global_batch_size=4, seed=3)
+    full = list(iter_steps(10, s, epochs=2))
+    assert [(e, b, len(batch)) for e, b, batch in full] == [(0, 0, 4), (0, 1, 4), (0, 2, 2), (1, 0, 4), (1, 1, 4), (1, 2, 2)]
+    for epoch in (0, 1):
+        assert sorted(i for e, _, batch in full if e == epoch for i in batch) == list(range(10))
+    assert [batch for e, _, batch in full if e == 0] != [batch for e, _, batch in full if e == 1]
+    epoch, b, _ = full[stop_after - 1]
+    assert list(iter_steps(10, s, epochs=2, start={"epoch": epoch, "batch": b + 1})) == full[stop_after:]
