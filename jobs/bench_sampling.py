@@ -26,7 +26,7 @@ import argparse
 import logging
 import os
 import statistics
-import tempfile
+import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -163,6 +163,8 @@ def main() -> None:
     parser.add_argument("--batches-in-flight", type=int, default=4, help="(a): resources.batches_in_flight_per_engine")
     parser.add_argument("--hf-questions", type=int, default=2)
     parser.add_argument("--hf-samples", type=int, default=8)
+    parser.add_argument("--output-dir", type=Path, default=Path("outputs/bench_sampling"),
+                        help="(a)'s evaluate output_dirs, one per case (removed first; jobs.bench_grading replays the default case's samples)")
     parser.add_argument("--cpu-threads-bind", default="all", help="vLLM CPU thread binding for (a) and (b): all | auto | nobind")
     args = parser.parse_args()
     setup_logging()
@@ -172,17 +174,17 @@ def main() -> None:
     if unknown:
         parser.error(f"--cases: unknown {', '.join(sorted(unknown))}; known: {', '.join(known)}")
     cases = [known[name] for name in args.cases.split(",")]
-    with tempfile.TemporaryDirectory() as tmp:
-        startup = bench_pipeline(args, Case("start-up", 1, 1, 1), Path(tmp) / "startup")
-        pipeline = [bench_pipeline(args, case, Path(tmp) / case.name) for case in cases]
-        b_startup, bare = bench_vllm(args, cases)
-        from transformers import AutoTokenizer
+    shutil.rmtree(args.output_dir, ignore_errors=True)
+    startup = bench_pipeline(args, Case("start-up", 1, 1, 1), args.output_dir / "startup")
+    pipeline = [bench_pipeline(args, case, args.output_dir / case.name) for case in cases]
+    b_startup, bare = bench_vllm(args, cases)
+    from transformers import AutoTokenizer
 
-        tok = AutoTokenizer.from_pretrained(resolve_model("default"))
-        hf_prompts = [get_prompt("boxed").render(q.question, tok) for q in load_dataset("gsm8k", limit=args.hf_questions)]
-        c_wall, c_tokens = bench_transformers(args, hf_prompts)
-        graded_dir = Path(tmp) / cases[0].name
-        cached_rate, uncached_rate, num_graded, comparisons = bench_grading(graded_dir)
+    tok = AutoTokenizer.from_pretrained(resolve_model("default"))
+    hf_prompts = [get_prompt("boxed").render(q.question, tok) for q in load_dataset("gsm8k", limit=args.hf_questions)]
+    c_wall, c_tokens = bench_transformers(args, hf_prompts)
+    graded_dir = args.output_dir / cases[0].name
+    cached_rate, uncached_rate, num_graded, comparisons = bench_grading(graded_dir)
     print(f"\nsampling: SmolLM2-135M bf16, T={TEMPERATURE}, vLLM CPU thread binding {args.cpu_threads_bind!r}; (a) batches of "
           f"{args.requests_per_batch} requests, {args.batches_in_flight} batches in flight per engine")
     print(f"(a) start-up only: a 1 x 1 x 1-token evaluate run in {startup.wall_s:.1f} s;  (b) vLLM import + engine start {b_startup:.1f} s")
