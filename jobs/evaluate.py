@@ -7,8 +7,8 @@ Writes: ``output_dir/`` with ``samples/`` and ``greedy/`` (Parquet, one row per 
 
 Pipeline (Ray Data): request rows (a question's missing sample indices, in chunks of
 ``resources.samples_per_request`` so a chunk shares the prompt's prefix cache) -> a pool of vLLM actors
-(``lib.sampling.AsyncVLLMSampler``, several batches in flight per engine) -> one row per sample -> extraction + grading in killable worker
-processes, written as atomic Parquet parts (``lib.sample_store.GradeAndStore``) -> metrics on the driver.
+(``lib.sampling.AsyncVLLMSampler``, several batches in flight per engine) -> one row per sample -> extraction +
+grading in killable worker processes, written as atomic Parquet parts (``lib.sample_store.GradeAndStore``) -> metrics on the driver.
 
 Resume: rerun with the same ``output_dir``: only missing (question_id, sample_idx) pairs are sampled.
 ``stop_at_first_correct=true``: rounds of ``resources.samples_per_request`` samples for the questions without a
