@@ -108,11 +108,12 @@ class Monitor(threading.Thread):
         self.cpu: dict[int, tuple[str, float]] = {}  # pid -> (role, last seen user+system s)
         self.timeline: list[tuple[float, dict[str, int]]] = []  # (rows done, role -> max RSS now)
         self.rows_done = 0
+        self.phase = ""  # appended to the driver's role: the metrics stage runs in the driver
         self.stop = threading.Event()
 
     def role(self, proc) -> str | None:
         if proc.pid == self.me.pid:
-            return "driver"
+            return "driver" + self.phase
         cmd = " ".join(proc.cmdline())
         if "StandInEngine" in cmd:
             return "stand-in"
@@ -181,6 +182,17 @@ def run_grading_stage(args, questions: list, pool: list[dict], output_dir: Path,
     return wall
 
 
+def count_comparisons(output_dir: Path) -> tuple[int, int]:
+    """Stored rows, and their distinct (question, normalized answer) pairs with a gold answer: the comparisons
+    the graders' answer cache (keyed by question and answer) let through."""
+    from lib.grading import normalize_answer
+
+    table = SampleStore(output_dir).read("samples", ["question_id", "sample_idx", "extracted", "gold"])
+    pairs = {(q, normalize_answer(e)) for q, e, g in zip(*(table.column(c).to_pylist() for c in ("question_id", "extracted", "gold")))
+             if e is not None and str(g).strip()}
+    return table.num_rows, len(pairs)
+
+
 def run_metrics_stage(args, questions_file: Path, output_dir: Path) -> float:
     from jobs.evaluate import main as evaluate
 
@@ -205,7 +217,7 @@ def main() -> None:
     parser.add_argument("--interval", type=float, default=5.0, help="seconds between RSS/CPU samples")
     parser.add_argument("--output-dir", type=Path, default=Path("outputs/bench_grading"), help="removed and rewritten")
     parser.add_argument("--engine-samples-per-s", type=float, default=None,
-                        help="samples/s one GPU node's engines produce; default: see README (8 x H100, 7B)")
+                        help="samples/s one GPU node's engines produce (README: 8 x H100, 7B); prints the grader CPUs it needs")
     args = parser.parse_args()
     setup_logging()
     pool, sources = load_pool(args.source)
@@ -219,9 +231,10 @@ def main() -> None:
     monitor = Monitor(args.interval)
     monitor.start()
     wall = run_grading_stage(args, questions, pool, args.output_dir, monitor)
-    monitor.stop.set()
-    num_rows = SampleStore(args.output_dir).read("samples", ["question_id", "sample_idx"]).num_rows
+    num_rows, comparisons = count_comparisons(args.output_dir)
+    monitor.phase = " (stage=metrics)"
     metrics_s = run_metrics_stage(args, questions_file, args.output_dir)
+    monitor.stop.set()
     grader_cpu = monitor.cpu_seconds("grader", "grader-worker")
     mib = lambda b: b / 2**20  # noqa: E731
     print(f"\ngrading/storage at scale: {num_rows:,} samples stored ({total:,} emitted), {args.questions} questions x "
@@ -229,8 +242,10 @@ def main() -> None:
           f"{args.requests_per_batch} x {args.samples_per_request} samples, {len(SampleStore(args.output_dir).parts('samples'))} Parquet parts")
     print(f"wall {wall:.0f} s: {total / wall:.0f} samples/s; grader CPU time {grader_cpu:.0f} s (actors + math-verify "
           f"workers): {total / grader_cpu:.0f} samples per grader CPU-second")
+    print(f"answer cache: {comparisons:,} distinct (question, answer) pairs = math-verify comparisons, "
+          f"{comparisons / num_rows:.1%} of the rows; the rest were cache hits")
     print("peak RSS (MiB, one process): " + ", ".join(f"{role} {mib(monitor.peak[role]):.0f}" for role in
-                                                      ("driver", "stand-in", "grader", "grader-worker")))
+                                                      ("driver", "stand-in", "grader", "grader-worker", "driver (stage=metrics)")))
     for fraction in (0.1, 0.5, 1.0):
         rss = monitor.at_fraction(fraction, total)
         print(f"  RSS at {fraction:>4.0%} of rows: " + ", ".join(f"{role} {mib(v):.0f}" for role, v in sorted(rss.items())))
