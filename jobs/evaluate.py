@@ -8,8 +8,8 @@ Writes: ``output_dir/`` with ``samples/`` and ``greedy/`` (Parquet, one row per 
 
 Pipeline (Ray Data): request rows (a question's missing sample indices, in chunks of
 ``resources.samples_per_request`` so a chunk shares the prompt's prefix cache) -> a pool of vLLM actors
-(``lib.sampling.VLLMSampler``) -> one row per sample -> extraction + grading in killable worker
-processes, written as atomic Parquet parts (``lib.sample_store.GradeAndStore``) -> metrics on the driver.
+(``lib.sampling.AsyncVLLMSampler``, several batches in flight per engine) -> one row per sample -> extraction +
+grading in killable worker processes, written as atomic Parquet parts (``lib.sample_store.GradeAndStore``) -> metrics on the driver.
 
 Resume: rerun with the same ``output_dir``: only missing (question_id, sample_idx) pairs are sampled.
 ``stop_at_first_correct=true``: rounds of ``resources.samples_per_request`` samples for the questions without a
@@ -60,7 +60,9 @@ class ResourceConfig(StrictModel):
     num_engines: int = Field(1, ge=1, description="vLLM actors")
     cpus_per_engine: float = Field(1, ge=0)
     gpus_per_engine: float = Field(0, ge=0)
-    requests_per_batch: int = Field(8, ge=1, description="request rows per vLLM generate call")
+    requests_per_batch: int = Field(8, ge=1, description="request rows per Ray Data batch of the sampling stage")
+    batches_in_flight_per_engine: int = Field(4, ge=1, description="batches whose requests share one engine at once "
+                                              "(continuous batching across batches; lib.sampling.AsyncVLLMSampler)")
     samples_per_request: int = Field(64, ge=1, description="n of one vLLM request (a chunk of a question's samples)")
     num_graders: int = Field(1, ge=1)
     cpus_per_grader: float = Field(0.5, ge=0)
@@ -203,7 +205,7 @@ def run_sampling(config: EvaluateConfig, questions: list, output_dir: Path, samp
     """Sample the missing (question, sample_idx < samples_per_question) pairs (default: the config's n)."""
     import ray
 
-    from lib.sampling import SamplingSettings, VLLMSampler
+    from lib.sampling import AsyncVLLMSampler, SamplingSettings
 
     store = SampleStore(output_dir)
     if removed := store.clean():
@@ -231,7 +233,7 @@ def run_sampling(config: EvaluateConfig, questions: list, output_dir: Path, samp
     # Blocks of at most requests_per_batch rows: no block leaves a tiny remainder batch for the engine.
     ds = ray.data.from_items(requests, override_num_blocks=math.ceil(len(requests) / res.requests_per_batch))
     ds = ds.map_batches(
-        VLLMSampler,
+        AsyncVLLMSampler,
         fn_constructor_kwargs={
             "model": config.model,
             "prompt": config.prompt,
@@ -240,7 +242,8 @@ def run_sampling(config: EvaluateConfig, questions: list, output_dir: Path, samp
             "cpu_threads_bind": config.engine.cpu_threads_bind,
         },
         batch_size=res.requests_per_batch,
-        compute=ray.data.ActorPoolStrategy(size=res.num_engines),
+        compute=ray.data.ActorPoolStrategy(size=res.num_engines, max_concurrent_calls_per_actor=res.batches_in_flight_per_engine,
+                                           max_tasks_in_flight_per_actor=res.batches_in_flight_per_engine),
         num_cpus=res.cpus_per_engine,
         num_gpus=res.gpus_per_engine,
         runtime_env={"env_vars": {"VLLM_LOGGING_LEVEL": config.engine_log_level}},

@@ -1,4 +1,8 @@
-"""The vLLM sampling stage: a plain callable class ``(batch of requests) -> rows, one per sample``.
+"""The vLLM sampling stage: a callable class ``(batch of requests) -> rows, one per sample``.
+
+:class:`AsyncVLLMSampler` (the evaluation job's) runs vLLM's async engine and keeps the requests of several
+Ray Data batches in it at once (continuous batching across batches); :class:`VLLMSampler` makes one
+``vllm.LLM.generate`` call per batch. Both return the same rows.
 
 A request row asks for the samples ``sample_indices`` of one question (``n = len(sample_indices)`` in
 one vLLM request, so they share the prompt's prefix cache). The stage returns one row per sample and
@@ -10,9 +14,11 @@ vLLM is imported lazily, inside the class, so this module imports on machines wi
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import os
 import time
+import uuid
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -89,27 +95,24 @@ def cpu_binding_env(cpu_threads_bind: str) -> dict[str, str]:
     return {"VLLM_CPU_OMP_THREADS_BIND": cpu_threads_bind}
 
 
-class VLLMSampler:
-    """Ray Data stage over ``vllm.LLM``: request rows in, one row per sample out."""
+class _SamplerBase:
+    """What both samplers share: request rows -> engine requests, engine outputs -> one row per sample."""
 
-    def __init__(self, model: str, prompt: str, settings: SamplingSettings, engine_kwargs: dict[str, Any], cpu_threads_bind: str = "auto"):
-        from vllm import LLM
+    template: Any
+    settings: SamplingSettings
+    tokenizer: Any
+    max_model_len: int
 
-        from lib.models import resolve_model
-
+    def _setup(self, prompt: str, settings: SamplingSettings, cpu_threads_bind: str) -> None:
         setup_logging()  # this runs in a Ray actor process: its own logging setup
-        start = time.monotonic()
         os.environ.update(cpu_binding_env(cpu_threads_bind))  # inherited by the engine's processes
         self.template = get_prompt(prompt)
         self.settings = settings
-        self.llm = LLM(model=resolve_model(model), **engine_kwargs)
-        self.tokenizer = self.llm.get_tokenizer()
-        self.max_model_len = self.llm.llm_engine.model_config.max_model_len
-        log.info("vLLM engine ready in %.1f s (%s)", time.monotonic() - start, engine_kwargs)
 
-    def __call__(self, batch: dict[str, Any]) -> dict[str, list]:
-        out: dict[str, list] = {c: [] for c in SAMPLE_COLUMNS}
-        prompts, params, owners = [], [], []
+    def _requests(self, batch: dict[str, Any], out: dict[str, list]) -> list[tuple[int, list[int], dict, Any]]:
+        """The engine requests of ``batch``: (row, sample indices, prompt, params); a prompt too long for the
+        context gets its error rows in ``out`` and no request."""
+        requests = []
         for i in range(len(batch["question_id"])):
             indices = [int(x) for x in batch["sample_indices"][i]]
             greedy = batch["kind"][i] == "greedy"
@@ -119,29 +122,16 @@ class VLLMSampler:
             if room < 1:
                 self._emit(out, batch, i, indices, error=f"prompt has {prompt_len} tokens; max_model_len is {self.max_model_len}")
                 continue
-            prompts.append(prompt)
-            params.append(self.settings.params(len(indices), greedy, min(self.settings.max_tokens, room)))
-            owners.append((i, indices))
-        if prompts:
-            try:
-                start = time.monotonic()
-                results = self.llm.generate(prompts, params, use_tqdm=False)
-                elapsed = time.monotonic() - start
-                tokens = sum(len(o.token_ids) for r in results for o in r.outputs)
-                log.info("generated %d tokens for %d requests in %.1f s (%.0f tokens/s)", tokens, len(prompts), elapsed, tokens / elapsed)
-            except Exception as exc:  # noqa: BLE001 - an engine error must not lose the batch's samples
-                log.exception("vLLM generate failed for a batch of %d requests", len(prompts))
-                for i, indices in owners:
-                    self._emit(out, batch, i, indices, error=f"generate failed: {type(exc).__name__}: {exc}"[:500])
-                return out
-            for (i, indices), result in zip(owners, results):
-                completions = sorted(result.outputs, key=lambda o: o.index)
-                for sample_idx, completion in zip(indices, completions):
-                    self._append(out, batch, i, sample_idx, completion.text, len(completion.token_ids),
-                                 str(completion.finish_reason), None)
-                for sample_idx in indices[len(completions):]:
-                    self._append(out, batch, i, sample_idx, "", 0, "error", "engine returned fewer samples than requested")
-        return out
+            requests.append((i, indices, prompt, self.settings.params(len(indices), greedy, min(self.settings.max_tokens, room))))
+        return requests
+
+    def _emit_result(self, out: dict, batch: dict, i: int, indices: list[int], result: Any) -> None:
+        """The rows of one finished request: one per requested sample index, in index order."""
+        completions = sorted(result.outputs, key=lambda o: o.index)
+        for sample_idx, completion in zip(indices, completions):
+            self._append(out, batch, i, sample_idx, completion.text, len(completion.token_ids), str(completion.finish_reason), None)
+        for sample_idx in indices[len(completions):]:
+            self._append(out, batch, i, sample_idx, "", 0, "error", "engine returned fewer samples than requested")
 
     def _emit(self, out: dict, batch: dict, i: int, indices: list[int], error: str) -> None:
         for sample_idx in indices:
@@ -158,3 +148,108 @@ class VLLMSampler:
         out["num_tokens"].append(num_tokens)
         out["finish_reason"].append(finish)
         out["error"].append(error)
+
+
+def generate_error(exc: BaseException) -> str:
+    """The ``error`` of a sample whose request the engine failed."""
+    return f"generate failed: {type(exc).__name__}: {exc}"[:500]
+
+
+class VLLMSampler(_SamplerBase):
+    """Ray Data stage over ``vllm.LLM``: request rows in, one row per sample out; one ``generate`` call per batch
+    (the batch ends with its longest sample: kept as the reference for :class:`AsyncVLLMSampler`)."""
+
+    def __init__(self, model: str, prompt: str, settings: SamplingSettings, engine_kwargs: dict[str, Any], cpu_threads_bind: str = "auto"):
+        from vllm import LLM
+
+        from lib.models import resolve_model
+
+        start = time.monotonic()
+        self._setup(prompt, settings, cpu_threads_bind)
+        self.llm = LLM(model=resolve_model(model), **engine_kwargs)
+        self.tokenizer = self.llm.get_tokenizer()
+        self.max_model_len = self.llm.llm_engine.model_config.max_model_len
+        log.info("vLLM engine ready in %.1f s (%s)", time.monotonic() - start, engine_kwargs)
+
+    def __call__(self, batch: dict[str, Any]) -> dict[str, list]:
+        out: dict[str, list] = {c: [] for c in SAMPLE_COLUMNS}
+        requests = self._requests(batch, out)
+        if not requests:
+            return out
+        try:
+            start = time.monotonic()
+            results = self.llm.generate([r[2] for r in requests], [r[3] for r in requests], use_tqdm=False)
+            elapsed = time.monotonic() - start
+            tokens = sum(len(o.token_ids) for r in results for o in r.outputs)
+            log.info("generated %d tokens for %d requests in %.1f s (%.0f tokens/s)", tokens, len(requests), elapsed, tokens / elapsed)
+        except Exception as exc:  # noqa: BLE001 - an engine error must not lose the batch's samples
+            log.exception("vLLM generate failed for a batch of %d requests", len(requests))
+            for i, indices, _, _ in requests:
+                self._emit(out, batch, i, indices, error=generate_error(exc))
+            return out
+        for (i, indices, _, _), result in zip(requests, results):
+            self._emit_result(out, batch, i, indices, result)
+        return out
+
+
+class AsyncVLLMSampler(_SamplerBase):
+    """Ray Data stage over vLLM's async engine (``AsyncLLM``): continuous batching across Ray Data batches.
+
+    ``__call__`` is a coroutine: an actor that runs several calls at once (``map_batches`` with
+    ``ActorPoolStrategy(max_concurrent_calls_per_actor=K)``) keeps the requests of up to K batches in the
+    engine, so a batch's long tail overlaps the next batches' samples instead of idling the engine.
+    Memory stays bounded by K batches. Rows are those of :class:`VLLMSampler` (same columns, same
+    sample indices, one row per requested sample); an engine error fails only its own request's rows.
+    """
+
+    def __init__(self, model: str, prompt: str, settings: SamplingSettings, engine_kwargs: dict[str, Any], cpu_threads_bind: str = "auto"):
+        from vllm.engine.arg_utils import AsyncEngineArgs
+        from vllm.v1.engine.async_llm import AsyncLLM
+
+        from lib.models import resolve_model
+
+        start = time.monotonic()
+        self._setup(prompt, settings, cpu_threads_bind)
+        kwargs = {"disable_log_stats": True, **engine_kwargs}  # as vllm.LLM: no stats line every 10 s
+        self.engine = AsyncLLM.from_engine_args(AsyncEngineArgs(model=resolve_model(model), **kwargs))
+        self.tokenizer = self.engine.get_tokenizer()
+        self.max_model_len = self.engine.model_config.max_model_len
+        self.in_flight = 0  # requests in the engine, over all concurrent calls
+        log.info("vLLM async engine ready in %.1f s (%s)", time.monotonic() - start, engine_kwargs)
+
+    async def _generate(self, prompt: dict, params: Any) -> Any:
+        from vllm.sampling_params import RequestOutputKind
+
+        params.output_kind = RequestOutputKind.FINAL_ONLY  # one output per request, all n samples in it
+        final = None
+        self.in_flight += 1
+        try:
+            async for output in self.engine.generate(prompt, params, request_id=uuid.uuid4().hex):
+                final = output
+        finally:
+            self.in_flight -= 1
+        if final is None or not final.finished:
+            raise RuntimeError("the engine ended the request without a final output")
+        return final
+
+    async def __call__(self, batch: dict[str, Any]) -> dict[str, list]:
+        out: dict[str, list] = {c: [] for c in SAMPLE_COLUMNS}
+        requests = self._requests(batch, out)
+        if not requests:
+            return out
+        start = time.monotonic()
+        results = await asyncio.gather(*(self._generate(prompt, params) for _, _, prompt, params in requests), return_exceptions=True)
+        tokens = 0
+        for (i, indices, _, _), result in zip(requests, results):
+            if isinstance(result, BaseException):
+                if not isinstance(result, Exception):  # cancellation, KeyboardInterrupt: not a row's failure
+                    raise result
+                log.error("vLLM request failed for question %s: %s", batch["question_id"][i], generate_error(result))
+                self._emit(out, batch, i, indices, error=generate_error(result))
+                continue
+            tokens += sum(len(o.token_ids) for o in result.outputs)
+            self._emit_result(out, batch, i, indices, result)
+        elapsed = time.monotonic() - start
+        log.info("generated %d tokens for %d requests in %.1f s (%d requests still in the engine)",
+                 tokens, len(requests), elapsed, self.in_flight)
+        return out
