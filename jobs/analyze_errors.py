@@ -38,6 +38,7 @@ from lib.data import stored_evaluation_questions
 from lib.error_analysis import ARITHMETIC_METHOD, JUDGE_METHOD, arithmetic_label, find_equations, judge_messages, parse_judge_label, summarize
 from lib.progress import Progress
 from lib.teacher import BUDGET_EXHAUSTED, Governor, RequestCache, TeacherClient, TeacherError, TeacherSettings, preflight
+from lib.schemas import QUESTION_ID
 
 log = logging.getLogger("mathray.analyze_errors")
 
@@ -63,11 +64,11 @@ def incorrect_samples(eval_dir: Path) -> tuple[list[dict[str, Any]], int]:
     number of all its samples."""
     from lib.sample_store import SampleStore
 
-    table = SampleStore(eval_dir).read("samples", ["question_id", "sample_idx", "text", "status", "extracted", "gold"])
+    table = SampleStore(eval_dir).read("samples", [QUESTION_ID, "sample_idx", "text", "status", "extracted", "gold"])
     rows = table.to_pylist()
     questions = {q.id: q.question for q in stored_evaluation_questions(eval_dir)}
-    wrong = [{**r, "question": questions.get(r["question_id"], "")} for r in rows if r["status"] == "incorrect"]
-    wrong.sort(key=lambda r: (r["question_id"], r["sample_idx"]))
+    wrong = [{**r, "question": questions.get(r[QUESTION_ID], "")} for r in rows if r["status"] == "incorrect"]
+    wrong.sort(key=lambda r: (r[QUESTION_ID], r["sample_idx"]))
     return wrong, len(rows)
 
 
@@ -82,7 +83,7 @@ async def judge_labels(samples: list[dict[str, Any]], settings: TeacherSettings,
                                       stage="judge")
         progress.update(1)
         label = parse_judge_label(reply.text) if reply.ok else None
-        return {"question_id": sample["question_id"], "sample_idx": sample["sample_idx"], "label": label,
+        return {QUESTION_ID: sample[QUESTION_ID], "sample_idx": sample["sample_idx"], "label": label,
                 "reply": reply.text, "error": reply.error, "cost": reply.cost}
 
     try:
@@ -130,7 +131,7 @@ def analyze_run(eval_dir: Path, config: ErrorAnalysisConfig, output_dir: Path | 
             label = arithmetic_label(sample["text"])
             labels.append(label)
             bad = [e.text for e in find_equations(sample["text"]) if not e.ok]
-            lines.append({"method": "arithmetic", "question_id": sample["question_id"], "sample_idx": sample["sample_idx"],
+            lines.append({"method": "arithmetic", QUESTION_ID: sample[QUESTION_ID], "sample_idx": sample["sample_idx"],
                           "label": label, "wrong_equations": bad})
         result["methods"]["arithmetic"] = {"method": ARITHMETIC_METHOD, "num_labelled_of_incorrect": len(wrong),
                                            **summarize(labels, num_samples)}

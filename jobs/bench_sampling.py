@@ -38,6 +38,7 @@ from lib.progress import setup_logging
 from lib.prompts import get_prompt
 from lib.sample_store import SampleStore
 from lib.sampling import SamplingSettings, cpu_binding_env
+from lib.schemas import QUESTION_ID
 
 log = logging.getLogger("mathray.bench_sampling")
 ENGINE = {"dtype": "bfloat16", "max_model_len": 2048, "gpu_memory_utilization": 0.2, "enforce_eager": True}
@@ -79,7 +80,7 @@ def bench_pipeline(args, case: Case, output_dir: Path) -> Timing:
     evaluate(["--config", "jobs/configs/evaluate_tiny.yaml", *evaluate_overrides(args, case, output_dir)])
     wall = time.perf_counter() - start
     ray.shutdown()
-    lengths = SampleStore(output_dir).read("samples", ["question_id", "sample_idx", "num_tokens"]).column("num_tokens").to_pylist()
+    lengths = SampleStore(output_dir).read("samples", [QUESTION_ID, "sample_idx", "num_tokens"]).column("num_tokens").to_pylist()
     return Timing(wall, sum(lengths), lengths)
 
 
@@ -129,8 +130,8 @@ def bench_transformers(args, prompts: list[str]) -> tuple[float, int]:
 
 
 def bench_grading(output_dir: Path) -> tuple[float, float, int, list[int]]:
-    table = SampleStore(output_dir).read("samples", ["question_id", "sample_idx", "text", "gold"])
-    items = list(zip(table.column("text").to_pylist(), table.column("gold").to_pylist(), table.column("question_id").to_pylist()))
+    table = SampleStore(output_dir).read("samples", [QUESTION_ID, "sample_idx", "text", "gold"])
+    items = list(zip(table.column("text").to_pylist(), table.column("gold").to_pylist(), table.column(QUESTION_ID).to_pylist()))
     rates, comparisons = [], []
     for cached in (True, False):
         with Grader() as grader:

@@ -32,6 +32,7 @@ from lib.progress import setup_logging
 from lib.synthesis import question_messages, question_prompt_name, solution_messages
 from lib.synthesis_output import read_questions
 from lib.teacher import TeacherClient, TeacherSettings
+from lib.schemas import QUESTION_ID
 
 log = logging.getLogger("mathray.bench_synthesize")
 
@@ -95,7 +96,7 @@ def bench_finalize(num_questions: int) -> None:
                 sols = [{"index": j, "text": " ".join(rng.choice(vocab) for _ in range(120)) + f" \\boxed{{{i}}}",
                          "answer": str(i), "finish_reason": "stop", "prompt_tokens": 60, "completion_tokens": 150,
                          "cost": 0.005, "majority": True, "format": None, "verified": True, "keep": True} for j in range(4)]
-                rows.append({"question_id": f"seed/{i // 16}/q{i % 16}", "seed_id": f"seed/{i // 16}", "seed_dataset": "gsm8k",
+                rows.append({QUESTION_ID: f"seed/{i // 16}/q{i % 16}", "seed_id": f"seed/{i // 16}", "seed_dataset": "gsm8k",
                              "question_prompt": "gsm8k_style_v1", "question": text, "status": "kept", "detail": None,
                              "label": str(i), "votes": 4, "agreement": 1.0, "solutions_json": json.dumps(sols),
                              "usage_json": usage, "errors_json": "[]", "signature": minhash_signature(text)})

@@ -51,6 +51,7 @@ from lib.sample_store import GradeAndStore, SampleStore, plan_requests
 from lib.sampling import EngineConfig
 from lib.scoring import check_score_source, score_lists
 from lib.selection import NEEDS_SCORES, NEEDS_TEXTS
+from lib.schemas import QUESTION_ID
 
 log = logging.getLogger("mathray.evaluate")
 
@@ -193,7 +194,7 @@ def run_adaptive_sampling(config: EvaluateConfig, questions: list, output_dir: P
     target = 0
     while target < n:
         target = min(n, target + chunk)
-        firsts = prefix_first_successes(store.read("samples", ["question_id", "sample_idx", "status", "canonical"]), n)
+        firsts = prefix_first_successes(store.read("samples", [QUESTION_ID, "sample_idx", "status", "canonical"]), n)
         active = [q for q in questions if firsts.get(q.id, (None, 0))[0] is None]
         if not active:
             break
@@ -223,7 +224,7 @@ def run_sampling(config: EvaluateConfig, questions: list, output_dir: Path, samp
         return
     pending: dict[str, int] = {}  # question -> samples still to come (both kinds)
     for r in requests:
-        pending[r["question_id"]] = pending.get(r["question_id"], 0) + len(r["sample_indices"])
+        pending[r[QUESTION_ID]] = pending.get(r[QUESTION_ID], 0) + len(r["sample_indices"])
     num_samples = sum(pending.values())
     log.info("sampling %d samples for %d questions (%d requests)", num_samples, len(pending), len(requests))
     init_ray()
@@ -259,7 +260,7 @@ def run_sampling(config: EvaluateConfig, questions: list, output_dir: Path, samp
     progress = Progress("evaluate", total=num_samples, unit="samples")  # ETA from samples: questions finish late
     for batch in ds.iter_batches(batch_size=None, batch_format="pandas", prefetch_batches=0):
         finished = 0
-        for qid, num in zip(batch["question_id"], batch["num_samples"]):
+        for qid, num in zip(batch[QUESTION_ID], batch["num_samples"]):
             pending[qid] -= int(num)
             finished += pending[qid] == 0
         progress.update(int(batch["num_samples"].sum()), questions_done=finished, tokens=int(batch["num_tokens"].sum()))
@@ -293,7 +294,7 @@ def run_grading(config: EvaluateConfig, questions: list, output_dir: Path) -> No
             compute=ray.data.ActorPoolStrategy(size=config.resources.num_graders),
             num_cpus=config.resources.cpus_per_grader,
         )
-        progress = Progress(f"re-grade {kind}", total=store.read(kind, ["question_id", "sample_idx"]).num_rows, unit="samples")
+        progress = Progress(f"re-grade {kind}", total=store.read(kind, [QUESTION_ID, "sample_idx"]).num_rows, unit="samples")
         for batch in ds.iter_batches(batch_size=None, batch_format="pandas", prefetch_batches=0):
             progress.update(int(batch["num_samples"].sum()))
         progress.finish()
@@ -305,7 +306,7 @@ def run_metrics(config: EvaluateConfig, questions: list, output_dir: Path) -> tu
     """Compute and write metrics.json, summary.md and passk.png; returns the metrics and a table."""
     store = SampleStore(output_dir)
     store.clean()
-    columns = ["question_id", "sample_idx", "status", "canonical"]
+    columns = [QUESTION_ID, "sample_idx", "status", "canonical"]
     if config.stop_at_first_correct:
         return _write_metrics(config, questions, output_dir, compute_adaptive_metrics(
             questions, store.read("samples", columns), store.read("greedy", columns), config.samples_per_question, seed=config.seed))

@@ -27,10 +27,11 @@ from pydantic import Field
 from lib.config import StrictModel
 from lib.progress import setup_logging
 from lib.prompts import get_prompt
+from lib.schemas import QUESTION_ID, SAMPLER_COLUMNS
 
 log = logging.getLogger(__name__)
 
-SAMPLE_COLUMNS = ("question_id", "dataset", "kind", "sample_idx", "gold", "text", "num_tokens", "finish_reason", "error")
+SAMPLE_COLUMNS = SAMPLER_COLUMNS  # one row per sample (lib.schemas)
 
 
 @dataclass(frozen=True)
@@ -113,7 +114,7 @@ class _SamplerBase:
         """The engine requests of ``batch``: (row, sample indices, prompt, params); a prompt too long for the
         context gets its error rows in ``out`` and no request."""
         requests = []
-        for i in range(len(batch["question_id"])):
+        for i in range(len(batch[QUESTION_ID])):
             indices = [int(x) for x in batch["sample_indices"][i]]
             greedy = batch["kind"][i] == "greedy"
             prompt = {"prompt_token_ids": self.template.token_ids(str(batch["question"][i]), self.tokenizer)}  # BOS rule
@@ -139,7 +140,7 @@ class _SamplerBase:
 
     @staticmethod
     def _append(out: dict, batch: dict, i: int, sample_idx: int, text: str, num_tokens: int, finish: str, error: str | None) -> None:
-        out["question_id"].append(str(batch["question_id"][i]))
+        out[QUESTION_ID].append(str(batch[QUESTION_ID][i]))
         out["dataset"].append(str(batch["dataset"][i]))
         out["kind"].append(str(batch["kind"][i]))
         out["sample_idx"].append(sample_idx)
@@ -244,7 +245,7 @@ class AsyncVLLMSampler(_SamplerBase):
             if isinstance(result, BaseException):
                 if not isinstance(result, Exception):  # cancellation, KeyboardInterrupt: not a row's failure
                     raise result
-                log.error("vLLM request failed for question %s: %s", batch["question_id"][i], generate_error(result))
+                log.error("vLLM request failed for question %s: %s", batch[QUESTION_ID][i], generate_error(result))
                 self._emit(out, batch, i, indices, error=generate_error(result))
                 continue
             tokens += sum(len(o.token_ids) for o in result.outputs)
