@@ -34,7 +34,7 @@ from pydantic import Field, SecretStr, model_validator
 from lib import cli
 from lib.config import ConfigError, JobSummary, StrictModel, dump_config
 from lib.data import DataError, stored_evaluation_questions
-from lib.openai_server import LocalOpenAIServer, LocalServerConfig
+from lib.openai_server import LocalOpenAIServer, LocalServerConfig, check_one_endpoint
 from lib.output_dir import hold_output_dir
 from lib.progress import Progress
 from lib.ray_runtime import init_ray
@@ -64,8 +64,7 @@ class ScoreConfig(StrictModel):
 
     @model_validator(mode="after")
     def _judge_target(self) -> ScoreConfig:
-        if self.local_server is not None and self.judge.base_url is not None:
-            raise ValueError("set either local_server (the job starts the judge) or judge.base_url, not both")
+        check_one_endpoint(self.local_server, self.judge.base_url, "judge", "judge")
         return self
 
 

@@ -41,7 +41,7 @@ from pydantic import Field, SecretStr, field_validator, model_validator
 from lib import __version__, cli
 from lib.config import ConfigError, JobSummary, StrictModel, dump_config, git_commit, package_versions
 from lib.data import DatasetRef, DataError, check_names, load_refs
-from lib.openai_server import LocalOpenAIServer, LocalServerConfig
+from lib.openai_server import LocalOpenAIServer, LocalServerConfig, check_one_endpoint
 from lib.output_dir import hold_output_dir, prepare_output_dir
 from lib.progress import Progress
 from lib.ray_runtime import init_ray
@@ -110,8 +110,7 @@ class SynthesizeConfig(StrictModel):
 
     @model_validator(mode="after")
     def _teacher_target(self) -> SynthesizeConfig:
-        if self.local_server is not None and self.teacher.base_url is not None:
-            raise ValueError("set either local_server (the job starts the teacher) or teacher.base_url, not both")
+        check_one_endpoint(self.local_server, self.teacher.base_url, "teacher", "teacher")
         return self
 
 

@@ -117,3 +117,9 @@ class LocalOpenAIServer:
 
     def __exit__(self, *exc: object) -> None:
         self.stop()
+
+
+def check_one_endpoint(local_server: LocalServerConfig | None, base_url: str | None, key: str, role: str) -> None:
+    """A job talks to one endpoint: the server it starts itself (``local_server``) or ``<key>.base_url``."""
+    if local_server is not None and base_url is not None:
+        raise ValueError(f"set either local_server (the job starts the {role}) or {key}.base_url, not both")
