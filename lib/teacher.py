@@ -32,7 +32,7 @@ import sqlite3
 import threading
 import time
 from collections.abc import Awaitable, Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -302,6 +302,9 @@ def _classify(exc: BaseException) -> tuple[str, bool, float | None]:
 class TeacherClient:
     """Async chat completions with limits, retries, cache and ledger. Use one per process / event loop.
 
+    Identical requests (same key) share one: while one is in flight, the others wait for its answer and
+    come back marked ``cached``, so a repeated request is never paid twice, however the two interleave.
+
     ``governor`` is a :class:`Governor` or anything with the same ``acquire``/``settle``/``release``
     methods returning awaitables or plain values (a Ray actor handle adapter, in a job). ``api_key`` (a
     ``pydantic.SecretStr``, so no log or repr shows it) overrides the env var ``settings.api_key_env``.
@@ -320,6 +323,7 @@ class TeacherClient:
         self._semaphore: asyncio.Semaphore | None = None
         self.sent = 0  # HTTP requests sent by this client (attempts, including failures)
         self.cache_error: str | None = None  # set when a paid response could not be cached: stop sending
+        self._inflight: dict[str, asyncio.Future] = {}  # key -> the one request sent for it right now
 
     def _openai(self):
         if self._client is None:
@@ -354,6 +358,22 @@ class TeacherClient:
         key = request_key(self.settings.model, messages, params, sample_index)
         if self.cache is not None and (hit := self.cache.get(key)) is not None:
             return Completion(**{**hit, "cached": True, "attempts": 0})
+        if (pending := self._inflight.get(key)) is not None:
+            # The same request is in flight: wait for its answer rather than pay for it twice. Whether an
+            # identical request is a cache hit must not depend on which of the two finished first.
+            shared = await asyncio.shield(pending)
+            return replace(shared, cached=shared.ok, attempts=0, errors=list(shared.errors))
+        task = asyncio.ensure_future(self._send(key, messages, params, stage))
+        self._inflight[key] = task
+        try:
+            return await asyncio.shield(task)
+        finally:
+            if task.done():
+                self._inflight.pop(key, None)
+            else:
+                task.add_done_callback(lambda _t: self._inflight.pop(key, None))
+
+    async def _send(self, key: str, messages: list[dict[str, str]], params: dict[str, Any], stage: str) -> Completion:
         client = self._openai()
         prompt_estimate = estimate_tokens(messages)
         worst_case = self.settings.pricing.cost(prompt_estimate, params["max_tokens"])

@@ -111,6 +111,32 @@ def test_cache_second_run_sends_zero_requests(tmp_path):
     assert len(RequestCache(cache_path)) == 10
 
 
+def test_identical_requests_in_flight_together_are_sent_once(tmp_path):
+    """Three identical requests at once (with and without a cache) send one; the two that waited come back
+    as cached copies. A failure is shared too, and is not marked cached."""
+    same = [{"role": "user", "content": "the same question"}]
+
+    def three(client):
+        async def go():
+            try:
+                return await asyncio.gather(*[client.complete(same, sample_index=7) for _ in range(3)])
+            finally:
+                await client.close()
+
+        return asyncio.run(go())
+
+    for cache in (None, RequestCache(tmp_path / "cache.sqlite")):
+        with FakeTeacher() as teacher:
+            client = TeacherClient(settings(teacher), cache=cache, sleep=Sleeps())
+            results = three(client)
+        assert len(teacher.log) == 1 and client.sent == 1 and not client._inflight
+        assert [r.cached for r in results] == [False, True, True] and [r.attempts for r in results] == [1, 0, 0]
+        assert len({r.text for r in results}) == 1 and results[0].text
+    with FakeTeacher(faults=["400"]) as teacher:
+        results = three(TeacherClient(settings(teacher), sleep=Sleeps()))
+    assert len(teacher.log) == 1 and [(r.ok, r.cached) for r in results] == [(False, False)] * 3
+
+
 def test_budget_is_never_exceeded_and_refusals_send_nothing():
     """Each answer costs exactly $0.25 (10 tokens x $25,000/Mtok); the worst case reserved is $2.50
     (max_tokens 100). With a $10 budget a request is allowed while spent <= $7.50: 31 are sent, the rest
