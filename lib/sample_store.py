@@ -250,8 +250,8 @@ def plan_requests(
 class GradeAndStore:
     """Ray Data stage: grade a batch of sample rows, store them as one part per kind, return a summary.
 
-    The summary row per (question, kind) carries counts for progress reporting; the samples
-    themselves never travel back to the driver.
+    The summary row per (question, kind) carries counts (``lib.schemas.GRADE_SUMMARY_COLUMNS``) for progress
+    reporting and the adaptive schedule; the samples themselves never travel back to the driver.
     """
 
     def __init__(self, output_dir: str, timeout_s: float, golds: dict[str, str] | None = None):
@@ -301,13 +301,14 @@ class GradeAndStore:
             rows = [i for i, k in enumerate(kinds) if k == kind]
             table = pa.table({c: [graded[c][i] for i in rows] for c in SAMPLE_SCHEMA.names}, schema=SAMPLE_SCHEMA)
             self.store.write(kind, table)
-            per_question: dict[str, list[int]] = defaultdict(lambda: [0, 0, 0])
+            per_question: dict[str, list[int]] = defaultdict(lambda: [0, 0, 0, 0])
             for i in rows:
                 acc = per_question[str(graded[QUESTION_ID][i])]
                 acc[0] += 1
                 acc[1] += int(graded["num_tokens"][i])
                 acc[2] += graded["status"][i] == "correct"
-            for qid, (num, tokens, correct) in per_question.items():
-                for key, value in zip(summary, (qid, kind, num, tokens, correct)):
+                acc[3] += graded[FINISH_REASON][i] == ENGINE_ERROR
+            for qid, (num, tokens, correct, errors) in per_question.items():
+                for key, value in zip(summary, (qid, kind, num, tokens, correct, errors)):
                     summary[key].append(value)
         return summary

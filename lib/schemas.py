@@ -46,8 +46,9 @@ FINISH_REASON = "finish_reason"
 REQUEST_COLUMNS = (QUESTION_ID, DATASET, "question", GOLD, KIND, "sample_indices")
 # the sampling stage (lib.sampling.VLLMSampler) -> GradeAndStore: one row per sample
 SAMPLER_COLUMNS = (QUESTION_ID, DATASET, KIND, SAMPLE_IDX, GOLD, TEXT, "num_tokens", FINISH_REASON, "error")
-# GradeAndStore -> the driver: per (question, kind) counts for progress, never the samples themselves
-GRADE_SUMMARY_COLUMNS = (QUESTION_ID, KIND, "num_samples", "num_tokens", "num_correct")
+# GradeAndStore -> the driver: per (question, kind) counts for progress and stop_at_first_correct (num_errors:
+# engine-error rows, sampled again on resume), never the samples themselves
+GRADE_SUMMARY_COLUMNS = (QUESTION_ID, KIND, "num_samples", "num_tokens", "num_correct", "num_errors")
 
 # stored, graded samples: ``samples/part-*.parquet`` and ``greedy/part-*.parquet`` (lib.sample_store)
 SAMPLE_SCHEMA = pa.schema(

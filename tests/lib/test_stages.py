@@ -37,7 +37,7 @@ def test_grade_and_store_grades_writes_one_part_per_kind_and_returns_per_questio
     finally:
         stage.grader.close()
     assert summary == {"question_id": ["q1", "q1"], "kind": ["greedy", "samples"], "num_samples": [1, 4],
-                       "num_tokens": [6, 16], "num_correct": [1, 1]}
+                       "num_tokens": [6, 16], "num_correct": [1, 1], "num_errors": [0, 1]}
     store = SampleStore(tmp_path)
     assert len(store.parts("samples")) == 1 and len(store.parts("greedy")) == 1
     samples = store.read("samples").sort_by("sample_idx").to_pylist()
