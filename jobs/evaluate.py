@@ -12,8 +12,9 @@ Pipeline (Ray Data): request rows (a question's missing sample indices, in chunk
 grading in killable worker processes, written as atomic Parquet parts (``lib.sample_store.GradeAndStore``) -> metrics on the driver.
 
 Resume: rerun with the same ``output_dir``: only missing (question_id, sample_idx) pairs are sampled.
-``stop_at_first_correct=true``: rounds of ``resources.samples_per_request`` samples for the questions without a
-correct sample yet (adaptive pass@k for every k; no PassRatio, maj@k or select@k).
+``stop_at_first_correct=true``: each question draws ``resources.samples_per_request`` samples at a time until its
+first correct sample, from one pool of engines started once (adaptive pass@k for every k; no PassRatio, maj@k
+or select@k).
 ``selection``: the ``lib.selection`` rules whose select@k is reported beside maj@k.
 Stages: ``stage=all`` (default), ``stage=sample`` (no metrics), ``stage=grade`` (re-grade stored samples
 after a grader change, no sampling), ``stage=metrics`` (recompute metrics only).
@@ -26,6 +27,7 @@ On a cluster:  ray job submit --working-dir . --runtime-env cluster/runtime_env.
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import logging
 import math
@@ -47,11 +49,12 @@ from lib.report import (check_selection, compute_adaptive_metrics, compute_metri
 from lib.output_dir import hold_output_dir, prepare_output_dir
 from lib.ray_runtime import init_ray
 from lib.symbolic_report import write_report as write_symbolic_report
+from lib.adaptive_schedule import STORED_COLUMNS, AdaptiveSchedule
 from lib.sample_store import GradeAndStore, SampleStore, plan_requests
 from lib.sampling import EngineConfig
 from lib.scoring import check_score_source, score_lists
 from lib.selection import NEEDS_SCORES, NEEDS_TEXTS
-from lib.schemas import QUESTION_ID
+from lib.schemas import QUESTION_ID, REQUEST_COLUMNS
 
 log = logging.getLogger("mathray.evaluate")
 
@@ -184,29 +187,102 @@ def provenance(config: EvaluateConfig) -> dict:
     }
 
 
-def run_adaptive_sampling(config: EvaluateConfig, questions: list, output_dir: Path, sample=None) -> None:
-    """``stop_at_first_correct``: rounds of one chunk (``resources.samples_per_request``) for the questions whose
-    stored prefix holds no correct sample yet, until each has one or all n samples. Resumable: each round
-    reads the stored rows. ``sample`` (default :func:`run_sampling`) draws a round."""
-    sample = sample or run_sampling
-    n, chunk = config.samples_per_question, config.resources.samples_per_request
+def sampler_kwargs(config: EvaluateConfig) -> dict[str, Any]:
+    """The sampling actors' constructor arguments (``lib.sampling.AsyncVLLMSampler``)."""
+    from lib.sampling import SamplingSettings
+
+    settings = SamplingSettings(config.temperature, config.top_p, config.max_tokens, get_prompt(config.prompt).stop)
+    return {"model": config.model, "prompt": config.prompt, "settings": settings, "engine_kwargs": config.engine.kwargs(),
+            "cpu_threads_bind": config.engine.cpu_threads_bind}
+
+
+def run_adaptive_sampling(config: EvaluateConfig, questions: list, output_dir: Path, sampler_cls: type | None = None) -> None:
+    """``stop_at_first_correct``: each question draws one round (``resources.samples_per_request`` samples) at a
+    time and stops after the round holding its first correct sample, or at n (``lib.adaptive_schedule``).
+
+    One pool of ``num_engines`` sampler actors (``sampler_cls``, default :class:`lib.sampling.AsyncVLLMSampler`,
+    each engine started once) and ``num_graders`` :class:`GradeAndStore` actors; the driver keeps up to
+    ``batches_in_flight_per_engine`` batches of at most ``requests_per_batch`` requests in each engine and
+    queues a question's next round when its graded summary comes back, so no question waits for another.
+    Resumable: the stored rows say which questions are done and where the others continue. A sampler or
+    grader call that raises fails the job, as Ray Data does (stored parts stay; a rerun resumes); an engine
+    error on one request is a row with finish_reason "error", as in :func:`run_sampling`.
+    """
+    import ray
+
+    from lib.sampling import AsyncVLLMSampler
+
     store = SampleStore(output_dir)
-    target = 0
-    while target < n:
-        target = min(n, target + chunk)
-        firsts = prefix_first_successes(store.read("samples", [QUESTION_ID, "sample_idx", "status", "canonical"]), n)
-        active = [q for q in questions if firsts.get(q.id, (None, 0))[0] is None]
-        if not active:
-            break
-        log.info("adaptive sampling: %d of %d questions without a correct sample; samples up to %d", len(active), len(questions), target)
-        sample(config, active, output_dir, samples_per_question=target)
+    if removed := store.clean():
+        log.info("removed %d partial files left by an interrupted run", removed)
+    n, res = config.samples_per_question, config.resources
+    schedule = AdaptiveSchedule(questions, store.read("samples", list(STORED_COLUMNS)), store.existing("greedy"),
+                                samples_per_question=n, samples_per_request=res.samples_per_request, greedy=config.greedy,
+                                stored_indices=lambda qid: store.existing("samples").get(qid, set()))
+    queue = collections.deque(schedule.start())
+    if not queue:
+        log.info("all %d questions are done (a correct sample or all %d samples stored); nothing to sample", len(questions), n)
+        return
+    log.info("adaptive sampling: %d of %d questions to sample, at most %d samples", len({r[QUESTION_ID] for r in queue}),
+             len(questions), schedule.samples_left())
+    init_ray()
+    sampler = ray.remote(sampler_cls or AsyncVLLMSampler).options(
+        num_cpus=res.cpus_per_engine, num_gpus=res.gpus_per_engine, max_concurrency=res.batches_in_flight_per_engine,
+        runtime_env={"env_vars": {"VLLM_LOGGING_LEVEL": config.engine_log_level}})
+    engines = [sampler.remote(**sampler_kwargs(config)) for _ in range(res.num_engines)]
+    graders = [ray.remote(GradeAndStore).options(num_cpus=res.cpus_per_grader).remote(
+        output_dir=str(output_dir.resolve()), timeout_s=config.grading_timeout_s) for _ in range(res.num_graders)]
+    in_engine = [0] * len(engines)  # batches in each engine
+    in_grader = [0] * len(graders)  # batches queued at each grader
+    sampling: dict[Any, int] = {}  # a sampler call -> its engine
+    grading: dict[Any, tuple[int, list[str]]] = {}  # a grader call -> its grader, the batch's question ids
+    progress = Progress("evaluate (adaptive)", total=schedule.samples_left(), unit="samples")
+    try:
+        while queue or grading:
+            while queue and min(in_engine) < res.batches_in_flight_per_engine:
+                free = sum(res.batches_in_flight_per_engine - k for k in in_engine)
+                # a short queue is spread over the free slots: a question's round then returns on its own
+                size = min(res.requests_per_batch, math.ceil(len(queue) / free))
+                batch_rows = [queue.popleft() for _ in range(min(size, len(queue)))]
+                e, g = in_engine.index(min(in_engine)), in_grader.index(min(in_grader))
+                rows = engines[e].__call__.remote({c: [r[c] for r in batch_rows] for c in REQUEST_COLUMNS})
+                summary = graders[g].__call__.remote(rows)  # the rows go from engine to grader, not through here
+                sampling[rows], grading[summary] = e, (g, [r[QUESTION_ID] for r in batch_rows])
+                in_engine[e] += 1
+                in_grader[g] += 1
+            ready, _ = ray.wait([*sampling, *grading], num_returns=1, fetch_local=False)
+            for ref in ready:
+                if ref in sampling:
+                    in_engine[sampling.pop(ref)] -= 1
+                    continue
+                g, qids = grading.pop(ref)
+                in_grader[g] -= 1
+                try:
+                    summary = ray.get(ref)
+                except (ray.exceptions.RayTaskError, ray.exceptions.RayActorError) as exc:
+                    raise RuntimeError(f"adaptive sampling: a sampler or grader call failed for a batch of questions "
+                                       f"{sorted(set(qids))[:5]} ({exc}); the stored samples are kept: rerun to resume") from exc
+                num_stopped = len(schedule.stopped)
+                queue.extend(schedule.graded(summary))
+                for qid, solved, stored in schedule.stopped[num_stopped:]:
+                    log.info("question %s stops after %d samples: %s", qid, stored,
+                             "a correct sample in its last round" if solved else f"no correct sample in {n}")
+                num_samples = int(sum(summary["num_samples"]))
+                progress.total = progress.done + num_samples + schedule.samples_left()  # shrinks as questions stop
+                progress.update(num_samples, questions_done=len(schedule.stopped) - num_stopped,
+                                tokens=int(sum(summary["num_tokens"])))
+    finally:
+        for actor in engines + graders:
+            ray.kill(actor)
+    progress.finish()
+    assert schedule.done(), "adaptive sampling ended with questions still to sample"
 
 
 def run_sampling(config: EvaluateConfig, questions: list, output_dir: Path, samples_per_question: int | None = None) -> None:
     """Sample the missing (question, sample_idx < samples_per_question) pairs (default: the config's n)."""
     import ray
 
-    from lib.sampling import AsyncVLLMSampler, SamplingSettings
+    from lib.sampling import AsyncVLLMSampler
 
     store = SampleStore(output_dir)
     if removed := store.clean():
@@ -230,18 +306,11 @@ def run_sampling(config: EvaluateConfig, questions: list, output_dir: Path, samp
     init_ray()
     ray.data.DataContext.get_current().enable_progress_bars = config.ray_data_progress
     res = config.resources
-    settings = SamplingSettings(config.temperature, config.top_p, config.max_tokens, get_prompt(config.prompt).stop)
     # Blocks of at most requests_per_batch rows: no block leaves a tiny remainder batch for the engine.
     ds = ray.data.from_items(requests, override_num_blocks=math.ceil(len(requests) / res.requests_per_batch))
     ds = ds.map_batches(
         AsyncVLLMSampler,
-        fn_constructor_kwargs={
-            "model": config.model,
-            "prompt": config.prompt,
-            "settings": settings,
-            "engine_kwargs": config.engine.kwargs(),
-            "cpu_threads_bind": config.engine.cpu_threads_bind,
-        },
+        fn_constructor_kwargs=sampler_kwargs(config),
         batch_size=res.requests_per_batch,
         compute=ray.data.ActorPoolStrategy(size=res.num_engines, max_concurrent_calls_per_actor=res.batches_in_flight_per_engine,
                                            max_tasks_in_flight_per_actor=res.batches_in_flight_per_engine),
