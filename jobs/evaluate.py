@@ -204,7 +204,9 @@ def run_adaptive_sampling(config: EvaluateConfig, questions: list, output_dir: P
     each engine started once) and ``num_graders`` :class:`GradeAndStore` actors; the driver keeps up to
     ``batches_in_flight_per_engine`` batches of at most ``requests_per_batch`` requests in each engine and
     queues a question's next round when its graded summary comes back, so no question waits for another.
-    Resumable: the stored rows say which questions are done and where the others continue. A sampler or
+    Resumable: the stored rows say which questions are done and where the others continue; every question
+    without a stored greedy sample draws it (the old lock-step rounds drew it only for questions still
+    sampling, so a run killed between a question's rows and its greedy row never got it). A sampler or
     grader call that raises fails the job, as Ray Data does (stored parts stay; a rerun resumes); an engine
     error on one request is a row with finish_reason "error", as in :func:`run_sampling`.
     """
