@@ -239,6 +239,7 @@ def run_adaptive_sampling(config: EvaluateConfig, questions: list, output_dir: P
     sampling: dict[Any, int] = {}  # a sampler call -> its engine
     grading: dict[Any, tuple[int, list[str]]] = {}  # a grader call -> its grader, the batch's question ids
     progress = Progress("evaluate (adaptive)", total=schedule.samples_left(), unit="samples")
+    finished = False
     try:
         while queue or grading:
             while queue and min(in_engine) < res.batches_in_flight_per_engine:
@@ -273,9 +274,13 @@ def run_adaptive_sampling(config: EvaluateConfig, questions: list, output_dir: P
                 progress.total = progress.done + num_samples + schedule.samples_left()  # shrinks as questions stop
                 progress.update(num_samples, questions_done=len(schedule.stopped) - num_stopped,
                                 tokens=int(sum(summary["num_tokens"])))
+        finished = True
     finally:
-        for actor in engines + graders:
-            ray.kill(actor)
+        if not finished:  # a failed call: end every actor now, as Ray Data does (the stored parts stay)
+            for actor in engines + graders:
+                ray.kill(actor)
+    # done: the actors exit gracefully once their handles go out of scope (as Ray Data releases its pool; a
+    # ray.kill left vLLM's resource_tracker complaining in the engine's log)
     progress.finish()
     assert schedule.done(), "adaptive sampling ended with questions still to sample"
 
