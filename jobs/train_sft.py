@@ -171,34 +171,16 @@ def tokenized_dataset(config: TrainSFTConfig):
     """Ray Data: the pairs -> (idx, input_ids, labels), tokenized in parallel."""
     import ray
 
+    from lib.sft import tokenize_batch
     from lib.sft_data import load_pairs
 
     pairs = load_pairs(config.data.source, config.data.split, config.data.columns, config.data.limit)
     items = [{"idx": i, "id": pid, "question": q, "solution": s} for i, (pid, q, s) in enumerate(pairs)]
 
-    class Tokenize:
-        def __init__(self, model: str, prompt: str, max_len: int):
-            from transformers import AutoTokenizer
-
-            from lib.models import resolve_model
-
-            self.tokenizer = AutoTokenizer.from_pretrained(resolve_model(model))
-            self.prompt, self.max_len = prompt, max_len
-
-        def __call__(self, batch: dict[str, Any]) -> dict[str, list]:
-            from lib.sft import tokenize_example
-
-            out = {"idx": [], "input_ids": [], "labels": []}
-            for i, q, s in zip(batch["idx"], batch["question"], batch["solution"]):
-                ex = tokenize_example(self.tokenizer, str(q), str(s), self.prompt, self.max_len)
-                out["idx"].append(int(i))
-                out["input_ids"].append(ex.input_ids)
-                out["labels"].append(ex.labels)
-            return out
-
+    # Ray tasks, not an actor: pooled workers (and their cached tokenizer) are reused between tasks and runs.
     ds = ray.data.from_items(items).map_batches(
-        Tokenize, fn_constructor_kwargs={"model": config.model, "prompt": config.prompt, "max_len": config.max_seq_len},
-        batch_size=256, compute=ray.data.ActorPoolStrategy(size=1), num_cpus=0.5)
+        tokenize_batch, fn_kwargs={"model": config.model, "prompt": config.prompt, "max_len": config.max_seq_len},
+        batch_size=256, num_cpus=0.5)
     return ds.materialize(), len(items)  # tokenized before the workers take the CPUs
 
 
@@ -217,17 +199,16 @@ def latest_checkpoint(run_dir: Path):
 def check_config(config: TrainSFTConfig) -> None:
     """What the schema cannot see, checked before any work: the DeepSpeed file exists, and the prompt suits
     the model's tokenizer (a chat-template prompt needs a chat template)."""
-    from transformers import AutoTokenizer
-
     from lib.models import resolve_model
     from lib.prompts import check_prompt_for_tokenizer, get_prompt
+    from lib.sft import cached_tokenizer
 
     if config.strategy == "deepspeed" and not (REPO / config.deepspeed_config).is_file():
         raise ConfigError(f"deepspeed_config: {config.deepspeed_config} does not exist")
     if get_prompt(config.prompt).use_chat_template:
         path = resolve_model(config.model)
         try:
-            check_prompt_for_tokenizer(config.prompt, AutoTokenizer.from_pretrained(path), path)
+            check_prompt_for_tokenizer(config.prompt, cached_tokenizer(path), path)
         except ValueError as exc:
             raise ConfigError(str(exc)) from None
 

@@ -4,6 +4,8 @@ cross-example attention, and padded batches for comparison. Pure torch/transform
 - :func:`tokenize_example` renders the question with a ``lib.prompts`` template (the same prompt the
   evaluation job uses, so training and evaluation agree), appends the solution as the assistant turn and
   the end-of-turn tokens, and sets ``labels`` to -100 on every prompt token.
+- :func:`tokenize_batch` is the Ray Data ``map_batches`` function over (idx, question, solution) rows; it
+  loads the tokenizer once per process (:func:`cached_tokenizer`), so pooled Ray workers reuse it.
 - :func:`pack` fills micro-batches up to a token budget (first fit, in order); :func:`collate_packed`
   turns a pack into one row with ``position_ids`` restarting per example, so no token attends across
   examples. Two attention paths: ``varlen`` (GPUs, flash-attention 2): no mask at all, the sequence
@@ -17,7 +19,9 @@ cross-example attention, and padded batches for comparison. Pure torch/transform
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 IGNORE = -100
@@ -66,6 +70,39 @@ def tokenize_example(tokenizer: Any, question: str, solution: str, prompt: str =
     ids = (prompt_ids + response_ids)[:max_len]
     labels = ([IGNORE] * len(prompt_ids) + response_ids)[:max_len]
     return Example(ids, labels)
+
+
+def cached_tokenizer(model: str) -> Any:
+    """The tokenizer of ``model`` (a ``model`` config value), loaded once per process and shared read-only:
+    keyed by the resolved path and, for a directory, its files' sizes and modification times, so a directory
+    rewritten in place is loaded again."""
+    from lib.models import resolve_model
+
+    path = resolve_model(model)
+    directory = Path(path)
+    stamp = tuple(sorted((f.name, f.stat().st_mtime_ns, f.stat().st_size) for f in directory.iterdir()
+                         if f.is_file())) if directory.is_dir() else ()
+    return _load_tokenizer(path, stamp)
+
+
+@functools.lru_cache(maxsize=4)
+def _load_tokenizer(path: str, stamp: tuple) -> Any:
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(path)
+
+
+def tokenize_batch(batch: dict[str, Any], model: str, prompt: str, max_len: int) -> dict[str, list]:
+    """Ray Data ``map_batches`` function: (idx, question, solution) rows -> (idx, input_ids, labels), each row
+    :func:`tokenize_example` with ``model``'s tokenizer (:func:`cached_tokenizer`)."""
+    tokenizer = cached_tokenizer(model)
+    out: dict[str, list] = {"idx": [], "input_ids": [], "labels": []}
+    for i, q, s in zip(batch["idx"], batch["question"], batch["solution"]):
+        ex = tokenize_example(tokenizer, str(q), str(s), prompt, max_len)
+        out["idx"].append(int(i))
+        out["input_ids"].append(ex.input_ids)
+        out["labels"].append(ex.labels)
+    return out
 
 
 def pack(examples: list[Example], max_tokens: int) -> list[list[int]]:

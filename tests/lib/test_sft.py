@@ -4,7 +4,8 @@ import pytest
 import torch
 
 from lib.prompts import get_prompt
-from lib.sft import IGNORE, Example, collate_packed, pack, per_example_losses, tokenize_example
+from lib.sft import (IGNORE, Example, cached_tokenizer, collate_packed, pack, per_example_losses, tokenize_batch,
+                     tokenize_example)
 
 
 @pytest.fixture(scope="module")
@@ -33,6 +34,29 @@ def test_xwin_prompt_trains_on_solution_and_eos(tokenizer):
     first = next(i for i, t in enumerate(ex.labels) if t != IGNORE)
     assert tokenizer.decode(ex.input_ids[first:]) == " It is 2. The answer is: 2" + tokenizer.eos_token
     assert ex.input_ids[-1] == tokenizer.eos_token_id
+
+
+def test_tokenize_batch_rows_are_tokenize_example_with_the_models_tokenizer(tokenizer, default_model):
+    """The Ray Data function SFT tokenizes with: one row per input row, in order, idx kept, ids and labels those
+    of tokenize_example (truncated to max_len)."""
+    batch = {"idx": [3, 7], "question": ["What is 2+2?", "What is 1+1?"], "solution": ["\\boxed{4}", "It is 2."]}
+    out = tokenize_batch(batch, model=default_model, prompt="boxed", max_len=60)
+    want = [tokenize_example(tokenizer, q, s, "boxed", 60) for q, s in zip(batch["question"], batch["solution"])]
+    assert out == {"idx": [3, 7], "input_ids": [w.input_ids for w in want], "labels": [w.labels for w in want]}
+    assert [len(ids) for ids in out["input_ids"]] == [60, 60]  # 63 and 62 tokens, truncated
+    assert all(any(t != IGNORE for t in labels) for labels in out["labels"])
+
+
+def test_cached_tokenizer_loads_once_per_directory_state(tiny_model, tmp_path):
+    """A process loads a model's tokenizer once; a directory whose files change is loaded again."""
+    import shutil
+
+    assert cached_tokenizer(tiny_model) is cached_tokenizer(tiny_model)
+    copy = shutil.copytree(tiny_model, tmp_path / "copy")
+    first = cached_tokenizer(str(copy))
+    assert first is not cached_tokenizer(tiny_model) and first is cached_tokenizer(str(copy))
+    (copy / "added.txt").write_text("a changed directory\n")
+    assert cached_tokenizer(str(copy)) is not first
 
 
 def test_truncation_keeps_prompt_mask():
