@@ -96,6 +96,21 @@ def cpu_binding_env(cpu_threads_bind: str) -> dict[str, str]:
     return {"VLLM_CPU_OMP_THREADS_BIND": cpu_threads_bind}
 
 
+def start_async_engine(model_path: str, engine_kwargs: dict[str, Any], online: bool = False) -> Any:
+    """vLLM's ``AsyncLLM`` with the scheduler defaults of vLLM's own front door for the job: offline batch
+    sampling gets ``vllm.LLM``'s (``UsageContext.LLM_CLASS``), an online endpoint gets ``vllm serve``'s
+    (``OPENAI_API_SERVER``). ``AsyncLLM.from_engine_args`` alone takes ``ENGINE_CONTEXT``, whose fallbacks
+    (``max_num_seqs`` 128, 2,048 batched tokens) cap the running batch below ``vllm.LLM``'s (256 and 4,096 on
+    the CPU build; 1,024 sequences and 16,384 tokens on an H100-class GPU). Explicit ``engine_kwargs`` win."""
+    from vllm.engine.arg_utils import AsyncEngineArgs
+    from vllm.usage.usage_lib import UsageContext
+    from vllm.v1.engine.async_llm import AsyncLLM
+
+    context = UsageContext.OPENAI_API_SERVER if online else UsageContext.LLM_CLASS
+    kwargs = {"disable_log_stats": True, **engine_kwargs}  # as vllm.LLM: no stats line every 10 s
+    return AsyncLLM.from_engine_args(AsyncEngineArgs(model=model_path, **kwargs), usage_context=context)
+
+
 class _SamplerBase:
     """What both samplers share: request rows -> engine requests, engine outputs -> one row per sample."""
 
@@ -204,15 +219,11 @@ class AsyncVLLMSampler(_SamplerBase):
     """
 
     def __init__(self, model: str, prompt: str, settings: SamplingSettings, engine_kwargs: dict[str, Any], cpu_threads_bind: str = "auto"):
-        from vllm.engine.arg_utils import AsyncEngineArgs
-        from vllm.v1.engine.async_llm import AsyncLLM
-
         from lib.models import resolve_model
 
         start = time.monotonic()
         self._setup(prompt, settings, cpu_threads_bind)
-        kwargs = {"disable_log_stats": True, **engine_kwargs}  # as vllm.LLM: no stats line every 10 s
-        self.engine = AsyncLLM.from_engine_args(AsyncEngineArgs(model=resolve_model(model), **kwargs))
+        self.engine = start_async_engine(resolve_model(model), engine_kwargs)  # vllm.LLM's batch defaults
         self.tokenizer = self.engine.get_tokenizer()
         self.max_model_len = self.engine.model_config.max_model_len
         self.in_flight = 0  # requests in the engine, over all concurrent calls

@@ -33,13 +33,11 @@ def bad_request(message: str, param: str | None = None) -> dict[str, Any]:
 class ModelServer:
     def __init__(self, args: dict[str, Any]):
         from transformers import AutoTokenizer
-        from vllm.engine.arg_utils import AsyncEngineArgs
-        from vllm.v1.engine.async_llm import AsyncLLM
 
         from lib.models import resolve_model
         from lib.progress import setup_logging
         from lib.prompts import load_model_prompt
-        from lib.sampling import cpu_binding_env
+        from lib.sampling import cpu_binding_env, start_async_engine
 
         setup_logging()
         start = time.monotonic()
@@ -48,9 +46,8 @@ class ModelServer:
         path = resolve_model(self.args.model)
         self.tokenizer = AutoTokenizer.from_pretrained(path)
         self.template = load_model_prompt(path)  # the prompt a mathray export was fine-tuned with, or None
-        self.engine = AsyncLLM.from_engine_args(
-            AsyncEngineArgs(model=path, served_model_name=[self.args.served_name], disable_log_stats=True,
-                            **self.args.engine.kwargs()))
+        self.engine = start_async_engine(  # vllm serve's scheduler defaults
+            path, {"served_model_name": [self.args.served_name], **self.args.engine.kwargs()}, online=True)
         self.max_model_len = self.engine.model_config.max_model_len
         log.info("model %s (%s) ready in %.1f s", self.args.served_name, path, time.monotonic() - start)
 

@@ -2,6 +2,7 @@
 calls, rows identical to VLLMSampler's, per-request errors), and the row shape both share."""
 
 import asyncio
+import contextlib
 from types import SimpleNamespace
 
 import pytest
@@ -135,3 +136,46 @@ def test_cancellation_is_not_recorded_as_a_row_error():
 
     with pytest.raises(asyncio.CancelledError):
         asyncio.run(cancel())
+
+
+def test_async_engines_get_the_scheduler_defaults_of_vllm_front_doors(tiny_model, monkeypatch):
+    """The evaluation sampler's AsyncLLM is configured as ``vllm.LLM`` is (UsageContext.LLM_CLASS), Serve's as
+    ``vllm serve`` is (OPENAI_API_SERVER), never with AsyncLLM.from_engine_args's fallback (ENGINE_CONTEXT:
+    128 sequences, 2,048 batched tokens; on an H100, 8x fewer sequences than vllm.LLM runs). No engine starts:
+    the engine constructors stop once the config is built."""
+    from vllm import LLM
+    from vllm.engine.arg_utils import EngineArgs
+    from vllm.usage.usage_lib import UsageContext
+    from vllm.v1.engine import async_llm, llm_engine
+
+    from serve.model import ModelServer
+
+    built = []
+
+    class Built(Exception):
+        pass
+
+    create = EngineArgs.create_engine_config
+
+    def record(self, usage_context=UsageContext.ENGINE_CONTEXT, *args, **kwargs):
+        config = create(self, usage_context, *args, **kwargs)
+        built.append((usage_context, config.scheduler_config.max_num_seqs, config.scheduler_config.max_num_batched_tokens))
+        return config
+
+    def stop(self, *args, **kwargs):
+        raise Built
+
+    monkeypatch.setattr(EngineArgs, "create_engine_config", record)
+    monkeypatch.setattr(async_llm.AsyncLLM, "__init__", stop)
+    monkeypatch.setattr(llm_engine.LLMEngine, "__init__", stop)
+    engine = {"dtype": "bfloat16", "max_model_len": 512, "enforce_eager": True}
+    for make in (lambda: LLM(model=tiny_model, **engine),
+                 lambda: AsyncVLLMSampler(tiny_model, "boxed", SamplingSettings(max_tokens=8), engine),
+                 lambda: ModelServer.func_or_class({"model": tiny_model, "engine": engine, "allow_no_auth": True}),
+                 lambda: EngineArgs(model=tiny_model, **engine).create_engine_config()):
+        with pytest.raises(Built) if len(built) < 3 else contextlib.nullcontext():
+            make()
+    llm, sampler, served, fallback = built
+    assert llm[0] == sampler[0] == UsageContext.LLM_CLASS and served[0] == UsageContext.OPENAI_API_SERVER
+    assert sampler[1:] == llm[1:] == (256, 4096)  # vLLM's CPU defaults for vllm.LLM (world size 1)
+    assert fallback == (UsageContext.ENGINE_CONTEXT, 128, 2048)  # what the sampler ran with before
