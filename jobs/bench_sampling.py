@@ -6,13 +6,15 @@ Two cases, each a set of GSM8K prompts at T=0.7 on the default model:
              anywhere from a few dozen tokens to the cap, so a batch's longest sample is far longer than its median).
 Each case runs through
   (a) the evaluate pipeline (``jobs.evaluate``, stage=sample: Ray Data + the async vLLM actor with
-      ``--batches-in-flight`` batches of ``--requests-per-batch`` requests in its engine + grading + Parquet),
+      ``--batches-in-flight`` (long-tail: ``--tail-batches-in-flight``) batches of ``--requests-per-batch``
+      requests in its engine + grading + Parquet),
   (b) bare ``vllm.LLM.generate`` on all of the case's prompts at once (the engine's ceiling),
 and the bench prints a/b of generated tokens/s
   end to end   (a): the whole evaluate run, Ray start, actor and engine start included; (b): vLLM import +
                engine start (measured once, charged to each case) + the generate call;
   steady state start-up excluded: (a) minus the wall time of a 1-question x 1-sample x 1-token evaluate run
-               (Ray, actor, engine, grader start, one Parquet part); (b) the generate call alone.
+               (Ray, actor, engine, grader start, one Parquet part; the second of two such runs: the first
+               also warms the page cache); (b) the generate call alone.
 Then (c) ``transformers`` ``generate`` (``--hf-questions`` questions only: it is slow), b/c, and grading
 throughput on (a)'s default-case samples: samples/s with the answer cache vs grading every sample.
 
@@ -51,6 +53,7 @@ class Case:
     questions: int
     samples: int
     max_tokens: int
+    batches_in_flight: int
 
 
 @dataclass
@@ -65,7 +68,7 @@ def evaluate_overrides(args, case: Case, output_dir: Path) -> list[str]:
         f"limit={case.questions}", f"samples_per_question={case.samples}", f"max_tokens={case.max_tokens}",
         "greedy=false", "stage=sample", f"output_dir={output_dir}", f"temperature={TEMPERATURE}",
         f"resources.samples_per_request={case.samples}", f"resources.requests_per_batch={args.requests_per_batch}",
-        f"resources.batches_in_flight_per_engine={args.batches_in_flight}",
+        f"resources.batches_in_flight_per_engine={case.batches_in_flight}",
     ]
     return overrides + [f"engine.{k}={v}" for k, v in ENGINE.items()] + [f"engine.cpu_threads_bind={args.cpu_threads_bind}"]
 
@@ -161,7 +164,9 @@ def main() -> None:
     parser.add_argument("--tail-max-tokens", type=int, default=1024)
     parser.add_argument("--cases", default="default,long-tail", help="comma-separated: default, long-tail")
     parser.add_argument("--requests-per-batch", type=int, default=2, help="(a): resources.requests_per_batch")
-    parser.add_argument("--batches-in-flight", type=int, default=4, help="(a): resources.batches_in_flight_per_engine")
+    parser.add_argument("--batches-in-flight", type=int, default=4, help="(a), default case: resources.batches_in_flight_per_engine")
+    parser.add_argument("--tail-batches-in-flight", type=int, default=8,
+                        help="(a), long-tail case: 8 batches x 2 requests x 16 samples = 256 sequences, vLLM's max_num_seqs on CPU")
     parser.add_argument("--hf-questions", type=int, default=2)
     parser.add_argument("--hf-samples", type=int, default=8)
     parser.add_argument("--output-dir", type=Path, default=Path("outputs/bench_sampling"),
@@ -172,14 +177,17 @@ def main() -> None:
     # Ray starts its workers at nice 15 (the vLLM actor and the engine processes it forks): on a shared machine
     # that hands (a)'s engine CPU to every other user's process, while (b) runs at nice 0. Same priority for both.
     os.environ.setdefault("RAY_worker_niceness", "0")
-    known = {"default": Case("default", args.questions, args.samples, args.max_tokens),
-             "long-tail": Case("long-tail", args.tail_questions, args.tail_samples, args.tail_max_tokens)}
+    known = {"default": Case("default", args.questions, args.samples, args.max_tokens, args.batches_in_flight),
+             "long-tail": Case("long-tail", args.tail_questions, args.tail_samples, args.tail_max_tokens, args.tail_batches_in_flight)}
     unknown = set(args.cases.split(",")) - set(known)
     if unknown:
         parser.error(f"--cases: unknown {', '.join(sorted(unknown))}; known: {', '.join(known)}")
     cases = [known[name] for name in args.cases.split(",")]
     shutil.rmtree(args.output_dir, ignore_errors=True)
-    startup = bench_pipeline(args, Case("start-up", 1, 1, 1), args.output_dir / "startup")
+    # Start-up twice, the second counted: the first also warms the page cache (model files, imports), which
+    # would otherwise inflate the start-up that steady state subtracts
+    cold = bench_pipeline(args, Case("start-up", 1, 1, 1, 1), args.output_dir / "startup-cold")
+    startup = bench_pipeline(args, Case("start-up", 1, 1, 1, 1), args.output_dir / "startup")
     pipeline = [bench_pipeline(args, case, args.output_dir / case.name) for case in cases]
     b_startup, bare = bench_vllm(args, cases)
     from transformers import AutoTokenizer
@@ -190,9 +198,9 @@ def main() -> None:
     graded_dir = args.output_dir / cases[0].name
     cached_rate, uncached_rate, num_graded, comparisons = bench_grading(graded_dir)
     print(f"\nsampling: SmolLM2-135M bf16, T={TEMPERATURE}, vLLM CPU thread binding {args.cpu_threads_bind!r}; (a) batches of "
-          f"{args.requests_per_batch} requests, {args.batches_in_flight} batches in flight per engine")
+          f"{args.requests_per_batch} requests, batches in flight per engine: " + ", ".join(f"{c.name} {c.batches_in_flight}" for c in cases))
     print(f"Ray worker niceness {os.environ['RAY_worker_niceness']} (this process: {os.nice(0)})")
-    print(f"(a) start-up only: a 1 x 1 x 1-token evaluate run in {startup.wall_s:.1f} s;  (b) vLLM import + engine start {b_startup:.1f} s")
+    print(f"(a) start-up only: a 1 x 1 x 1-token evaluate run in {startup.wall_s:.1f} s (first, cold: {cold.wall_s:.1f} s);  (b) vLLM import + engine start {b_startup:.1f} s")
     for case, a, b in zip(cases, pipeline, bare):
         a_e2e, b_e2e = a.tokens / a.wall_s, b.tokens / (b_startup + b.wall_s)
         a_steady, b_steady = a.tokens / (a.wall_s - startup.wall_s), b.tokens / b.wall_s
