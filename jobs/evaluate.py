@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import collections
 import contextlib
+import functools
 import logging
 import math
 import time
@@ -53,7 +54,7 @@ from lib.adaptive_schedule import STORED_COLUMNS, AdaptiveSchedule
 from lib.sample_store import GradeAndStore, SampleStore, plan_requests
 from lib.sampling import EngineConfig
 from lib.scoring import check_score_source, score_lists
-from lib.selection import NEEDS_SCORES, NEEDS_TEXTS
+from lib.selection import NEEDS_SCORES
 from lib.schemas import QUESTION_ID, REQUEST_COLUMNS
 
 log = logging.getLogger("mathray.evaluate")
@@ -386,11 +387,12 @@ def run_metrics(config: EvaluateConfig, questions: list, output_dir: Path) -> tu
     if config.stop_at_first_correct:
         return _write_metrics(config, questions, output_dir, compute_adaptive_metrics(
             questions, store.read("samples", columns), store.read("greedy", columns), config.samples_per_question, seed=config.seed))
-    sample_columns = columns + (["text"] if NEEDS_TEXTS.intersection(config.selection) else [])
     scores = score_lists(output_dir, [q.id for q in questions], config.samples_per_question) \
         if NEEDS_SCORES.intersection(config.selection) else None
-    metrics = compute_metrics(questions, store.read("samples", sample_columns), store.read("greedy", columns),
-                              config.samples_per_question, seed=config.seed, selection=config.selection, scores=scores)
+    texts = functools.partial(store.read_questions, "samples", columns=[QUESTION_ID, "sample_idx", "text"])  # a chunk at a time
+    metrics = compute_metrics(questions, store.read("samples", columns), store.read("greedy", columns),
+                              config.samples_per_question, seed=config.seed, selection=config.selection, scores=scores,
+                              texts=texts)
     return _write_metrics(config, questions, output_dir, metrics)
 
 

@@ -19,7 +19,7 @@ dataset and averages. ``lib.report`` renders the result.
 from __future__ import annotations
 
 from collections import Counter, defaultdict
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import pyarrow as pa
@@ -27,8 +27,11 @@ import pyarrow as pa
 from lib.grading import STATUSES
 from lib.metrics import (MAJ_EXACT_LIMIT, MAJ_NUM_SUBSETS, TIE_RULE, adaptive_pass_at_k, aggregate, bootstrap_ci, k_values,
                          question_metrics)
-from lib.schemas import METRICS_INPUT_COLUMNS, TEXT, MetricsEntry, check_columns
+from lib.schemas import METRICS_INPUT_COLUMNS, QUESTION_ID, SAMPLE_IDX, TEXT, MetricsEntry, check_columns
 from lib.selection import NEEDS_SCORES, NEEDS_TEXTS, RULES, rule
+
+
+TEXT_CHUNK = 64  # questions whose sample texts compute_metrics holds at once (64 x 1024 samples x ~1 KB)
 
 
 class IncompleteRunError(RuntimeError):
@@ -163,16 +166,21 @@ def check_selection(names: list[str], *, has_scores: bool = False) -> list[str]:
 
 def compute_metrics(questions: list[Any], samples: pa.Table, greedy: pa.Table | None, samples_per_question: int, *,
                     seed: int = 0, selection: list[str] | tuple[str, ...] = (),
-                    scores: dict[str, list[float | None]] | None = None) -> dict:
+                    scores: dict[str, list[float | None]] | None = None,
+                    texts: Callable[[list[str]], pa.Table] | None = None) -> dict:
     """Metrics of one run; ``questions`` are ``lib.data.Question`` objects, tables as in ``lib.sample_store``.
 
     Only sample indices below ``samples_per_question`` count (a directory may hold more from an
     earlier, larger run). Raises :class:`IncompleteRunError` when a question has fewer samples.
     ``selection``: rules whose select@k is reported; those in ``NEEDS_TEXTS`` need a ``text`` column, those in
     ``NEEDS_SCORES`` need ``scores`` (question_id -> score of sample 0..n-1, ``lib.scoring.score_lists``).
+    Texts come from ``samples``' ``text`` column or, without one, from ``texts``: question ids -> a table of
+    their (question_id, sample_idx, text) rows (``SampleStore.read_questions``), called for
+    :data:`TEXT_CHUNK` questions at a time, so that the texts of all samples are never in memory at once.
     """
     check_selection(list(selection), has_scores=scores is not None)
-    if NEEDS_TEXTS.intersection(selection) and "text" not in samples.column_names:
+    needs_texts = bool(NEEDS_TEXTS.intersection(selection))
+    if needs_texts and TEXT not in samples.column_names and texts is None:
         raise ValueError(f"selection rules {sorted(NEEDS_TEXTS.intersection(selection))} need the samples' text column")
     per_q = _by_question(samples, samples_per_question)
     greedy_q = _by_question(greedy, None, "greedy") if greedy is not None and greedy.num_rows else {}
@@ -183,24 +191,34 @@ def compute_metrics(questions: list[Any], samples: pa.Table, greedy: pa.Table | 
             f"(first: {short[0]}, has {len(per_q.get(short[0], ()))}); rerun the job to resume"
         )
     ks = k_values(samples_per_question)
-    groups = _groups(questions)
-    cache: dict[str, dict] = {}
+    cache: dict[str, dict] = {}  # question -> its metrics, computed once (a question is in several groups)
+    graded_ids = list(dict.fromkeys(q.id for q in questions if has_gold(q)))
+    from_loader = needs_texts and TEXT not in samples.column_names
+    for start in range(0, len(graded_ids), TEXT_CHUNK):
+        chunk = graded_ids[start:start + TEXT_CHUNK]
+        loaded: dict[tuple[str, int], str | None] = {}
+        if from_loader:
+            table = texts(chunk)
+            loaded = dict(zip(zip(table.column(QUESTION_ID).to_pylist(), table.column(SAMPLE_IDX).to_pylist()),
+                              table.column(TEXT).to_pylist()))
+        for qid in chunk:
+            rows = sorted(per_q[qid])
+            sample_texts = None
+            if needs_texts:
+                sample_texts = [(loaded.get((qid, r[0])) if from_loader else r[3]) or "" for r in rows]
+            cache[qid] = question_metrics([r[2] for r in rows], [r[1] == "correct" for r in rows], ks, seed=seed,
+                                          selection=selection, texts=sample_texts,
+                                          scores=scores[qid] if scores is not None else None)
     result: dict[str, dict] = {}
-    for name, members in groups.items():
+    for name, members in _groups(questions).items():
         per_question, greedy_correct, statuses, greedy_statuses = [], [], Counter(), Counter()
         graded = [q for q in members if has_gold(q)]
         for q in members:
-            rows = sorted(per_q[q.id])
-            statuses.update(r[1] for r in rows)
+            statuses.update(r[1] for r in per_q[q.id])
             if q.id in greedy_q:
                 greedy_statuses[greedy_q[q.id][0][1]] += 1
             if not has_gold(q):
                 continue
-            if q.id not in cache:
-                texts = [r[3] or "" for r in rows] if NEEDS_TEXTS.intersection(selection) else None
-                cache[q.id] = question_metrics([r[2] for r in rows], [r[1] == "correct" for r in rows], ks, seed=seed,
-                                               selection=selection, texts=texts,
-                                               scores=scores[q.id] if scores is not None else None)
             per_question.append(cache[q.id])
             if q.id in greedy_q:
                 greedy_correct.append(greedy_q[q.id][0][1] == "correct")

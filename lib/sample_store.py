@@ -51,6 +51,7 @@ class SampleStore:
 
     def __init__(self, root: str | Path):
         self.root = Path(root)
+        self._question_parts: dict[str, dict[str, list[Path]]] = {}  # kind -> question_id -> its parts
 
     def directory(self, kind: str) -> Path:
         if kind not in KINDS:
@@ -140,14 +141,33 @@ class SampleStore:
     def read(self, kind: str, columns: list[str] | None = None) -> pa.Table:
         """All rows of ``kind`` (empty table if none), one row per (question_id, sample_idx); where a pair
         has an engine-error row and a real sample, the sample."""
-        parts = self.parts(kind)
+        return self._read(self.parts(kind), columns)
+
+    def read_questions(self, kind: str, question_ids: list[str], columns: list[str] | None = None) -> pa.Table:
+        """The rows of ``question_ids`` only, as :meth:`read` gives them, read from the parts that hold those
+        questions: a caller that goes through the questions in chunks holds one chunk's rows (e.g. the
+        samples' texts, 770 MiB of Arrow at 1M samples) instead of all of them. The first call per kind reads
+        each part's question ids once."""
+        if kind not in self._question_parts:
+            index: dict[str, list[Path]] = defaultdict(list)
+            for part in self.parts(kind):
+                for qid in pq.read_table(part, columns=[QUESTION_ID]).column(QUESTION_ID).unique().to_pylist():
+                    index[qid].append(part)
+            self._question_parts[kind] = index
+        index = self._question_parts[kind]
+        parts = sorted({part for qid in question_ids for part in index.get(qid, ())})
+        return self._read(parts, columns, pa.array(list(question_ids), pa.string()))
+
+    def _read(self, parts: list[Path], columns: list[str] | None, only: pa.Array | None = None) -> pa.Table:
         wanted = list(columns) if columns is not None else SAMPLE_SCHEMA.names
         if not parts:
             return pa.schema([SAMPLE_SCHEMA.field(c) for c in wanted]).empty_table()
         needed = list(dict.fromkeys([*wanted, QUESTION_ID, SAMPLE_IDX, FINISH_REASON]))
         schema = pa.schema([SAMPLE_SCHEMA.field(c) for c in needed])
-        table = pa.concat_tables(_read_part(p, needed).cast(schema) for p in parts)
-        return _drop_duplicates(table).select(wanted)
+        tables = (_read_part(p, needed).cast(schema) for p in parts)
+        if only is not None:
+            tables = (t.filter(pa.compute.is_in(t[QUESTION_ID], value_set=only)) for t in tables)
+        return _drop_duplicates(pa.concat_tables(tables)).select(wanted)
 
     def existing(self, kind: str) -> dict[str, set[int]]:
         """question_id -> the sample indices already stored (engine-error rows are not done)."""

@@ -93,6 +93,35 @@ def test_select_at_k_per_rule_exact_values_on_a_stored_table():
     assert "select@k" not in compute_metrics(SELECT_QUESTIONS, SELECT_SAMPLES, None, 4)["s"]
 
 
+def test_texts_from_a_loader_a_chunk_at_a_time_give_the_same_select_at_k(tmp_path, monkeypatch):
+    """The evaluate job's path: no text column in the samples table; compute_metrics asks the store for
+    TEXT_CHUNK questions' texts at a time (here 1: two calls of one question each) and gets the values of
+    the test above, from the rows stored as Parquet parts."""
+    import lib.metrics_aggregate as aggregate_module
+
+    from lib.sample_store import SCHEMA, SampleStore
+
+    store = SampleStore(tmp_path)
+    for qid in ("s/1", "s/0"):  # one part per question
+        part = SELECT_SAMPLES.filter(pa.compute.equal(SELECT_SAMPLES["question_id"], qid))
+        n = part.num_rows
+        rest = {"dataset": ["s"] * n, "num_tokens": [1] * n, "finish_reason": ["stop"] * n, "extracted": part["canonical"],
+                "extraction_method": ["boxed"] * n, "error": [None] * n, "gold": ["7"] * n}
+        store.write("samples", pa.table({c: part[c] if c in part.column_names else rest[c] for c in SCHEMA.names}, schema=SCHEMA))
+    monkeypatch.setattr(aggregate_module, "TEXT_CHUNK", 1)
+    calls = []
+
+    def texts(ids):
+        calls.append(list(ids))
+        return store.read_questions("samples", ids, ["question_id", "sample_idx", "text"])
+
+    samples = store.read("samples", ["question_id", "sample_idx", "status", "canonical"])
+    m = compute_metrics(SELECT_QUESTIONS, samples, None, 4, selection=["majority", "arithmetic_checked"], texts=texts)
+    assert calls == [["s/0"], ["s/1"]]
+    assert m["s"]["select@k"]["arithmetic_checked"] == pytest.approx({"1": 0.625, "2": 0.75, "4": 1.0})
+    assert m == compute_metrics(SELECT_QUESTIONS, SELECT_SAMPLES, None, 4, selection=["majority", "arithmetic_checked"])
+
+
 def test_select_at_k_reaches_metrics_json_summary_and_plot(tmp_path):
     """metrics.json carries select@k per rule; summary.md has one select@k row per (dataset, rule); the plot renders."""
     from lib.report import write_summary_md
