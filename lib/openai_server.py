@@ -34,6 +34,7 @@ class LocalServerConfig(StrictModel):
     port: int | None = Field(None, ge=1, le=65535, description="None: a free port")
     gpu_memory_utilization: float = Field(0.2, gt=0, le=1, description="on CPU: fraction of RAM for the KV cache")
     max_model_len: int = 2048
+    dtype: str = Field("auto", description="see EngineConfig.dtype in lib/sampling.py")
     enforce_eager: bool = True
     cpu_threads_bind: str = Field("all", description="see EngineConfig.cpu_threads_bind in lib/sampling.py")
     extra_args: list[str] = Field(default_factory=list)
@@ -61,12 +62,13 @@ class LocalOpenAIServer:
 
     def command(self) -> list[str]:
         from lib.models import resolve_model
+        from lib.sampling import engine_dtype
 
         c = self.config
         cmd = [sys.executable, "-m", "vllm.entrypoints.openai.api_server", "--model", resolve_model(c.model),
                "--served-model-name", c.served_name, "--host", "127.0.0.1", "--port", str(self.port),
                "--gpu-memory-utilization", str(c.gpu_memory_utilization), "--max-model-len", str(c.max_model_len),
-               "--disable-uvicorn-access-log"]
+               "--dtype", engine_dtype(c.dtype), "--disable-uvicorn-access-log"]
         if c.enforce_eager:
             cmd.append("--enforce-eager")
         return cmd + list(c.extra_args)

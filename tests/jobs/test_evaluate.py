@@ -21,7 +21,7 @@ from lib.grading import STATUSES
 from lib.sample_store import SampleStore
 
 REPO = Path(__file__).resolve().parents[2]
-ENGINE = ["engine.dtype=bfloat16", "engine.max_model_len=512", "engine.gpu_memory_utilization=0.2", "engine.enforce_eager=true"]
+ENGINE = ["engine.max_model_len=512", "engine.gpu_memory_utilization=0.2", "engine.enforce_eager=true"]
 
 pytestmark = pytest.mark.slow
 

@@ -179,3 +179,29 @@ def test_async_engines_get_the_scheduler_defaults_of_vllm_front_doors(tiny_model
     assert llm[0] == sampler[0] == UsageContext.LLM_CLASS and served[0] == UsageContext.OPENAI_API_SERVER
     assert sampler[1:] == llm[1:] == (256, 4096)  # vLLM's CPU defaults for vllm.LLM (world size 1)
     assert fallback == (UsageContext.ENGINE_CONTEXT, 128, 2048)  # what the sampler ran with before
+
+
+@pytest.mark.parametrize("cuda,machine,avx512_bf16,amx,expected", [
+    (False, "x86_64", False, False, "float32"),  # AVX2-only x86: vLLM's "auto" would emulate bf16 (4x slower)
+    (False, "x86_64", True, False, "auto"),
+    (False, "x86_64", False, True, "auto"),
+    (False, "aarch64", False, False, "auto"),
+    (True, "x86_64", False, False, "auto"),  # a GPU node: vLLM decides
+])
+def test_auto_dtype_is_float32_only_on_an_x86_cpu_without_native_bf16(monkeypatch, tiny_model, cuda, machine, avx512_bf16, amx, expected):
+    import platform
+
+    import torch
+
+    from lib.openai_server import LocalOpenAIServer, LocalServerConfig
+    from lib.sampling import engine_args, engine_dtype
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: cuda)
+    monkeypatch.setattr(platform, "machine", lambda: machine)
+    monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda: avx512_bf16)
+    monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: amx)
+    assert engine_dtype("auto") == expected
+    assert engine_dtype("bfloat16") == "bfloat16" and engine_dtype("float16") == "float16"  # explicit: as written
+    assert engine_args({"max_model_len": 512}) == {"max_model_len": 512, "dtype": expected}
+    cmd = LocalOpenAIServer(LocalServerConfig(model=tiny_model, port=1)).command()
+    assert cmd[cmd.index("--dtype") + 1] == expected

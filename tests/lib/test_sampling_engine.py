@@ -7,7 +7,7 @@ from lib.sampling import SAMPLE_COLUMNS, AsyncVLLMSampler, SamplingSettings, VLL
 
 pytestmark = pytest.mark.slow
 
-ENGINE = {"dtype": "bfloat16", "max_model_len": 512, "gpu_memory_utilization": 0.1, "enforce_eager": True, "seed": 0}
+ENGINE = {"max_model_len": 512, "gpu_memory_utilization": 0.1, "enforce_eager": True, "seed": 0}
 
 
 def requests():

@@ -32,7 +32,7 @@ def endpoint(ray_cluster, default_model, tmp_path_factory):
     port = free_port()
     serve.start(http_options={"host": "127.0.0.1", "port": port})
     args = {"model": "default", "api_keys_env": None, "api_keys_file": str(keys),
-            "engine": {"dtype": "bfloat16", "gpu_memory_utilization": 0.2, "enforce_eager": True, "cpu_threads_bind": "all"},
+            "engine": {"gpu_memory_utilization": 0.2, "enforce_eager": True, "cpu_threads_bind": "all"},
             "limits": {"max_n": 8, "max_best_of_n": 16, "max_tokens": 256, "max_prompt_tokens": 512, "max_body_bytes": 20_000}}
     serve.run(build_app(args), name="mathray", route_prefix="/")
     yield f"http://127.0.0.1:{port}"
