@@ -8,8 +8,9 @@
     DeepSpeed ZeRO-3: tokens/s per step (mean over steps after the first) and the ratio.
 
 Run: python -m jobs.bench_train [--examples 64 --batch 16 --steps 4 --tokens 2048]
-     python -m jobs.bench_train --device cuda:0 [--model DIR --attn flash_attention_2]: part (1) only, one process
-     on one GPU (no Ray: torch alone), bf16 compute; adds peak GPU memory.
+     python -m jobs.bench_train --device cuda:0 [--model DIR --attn flash_attention_2 --activation-checkpointing
+     --modes padding]: part (1) only, one process on one GPU (no Ray: torch alone), bf16 compute; adds peak GPU
+     memory and tokens/s after the first step.
 """
 
 from __future__ import annotations
@@ -41,25 +42,30 @@ def bench_packing(args) -> dict[str, dict[str, float]]:
     lengths = sorted(len(e) for e in examples)
     print(f"GSM8K example lengths (tokens): min {lengths[0]}, median {lengths[len(lengths) // 2]}, max {lengths[-1]}")
     out = {}
-    for packing in (True, False):
+    for packing in [mode == "packing" for mode in args.modes.split(",")]:
         torch.manual_seed(0)
         model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32, attn_implementation=args.attn,
                                                      device_map={"": device})
         s = StepSettings(lr=1e-5, total_steps=args.steps, global_batch_size=args.batch, micro_batch_tokens=args.tokens,
                          packing=packing, varlen=packing and uses_varlen(args.attn))
-        trainer = SFTTrainer(model, s, mixed_precision=device.type == "cuda", device=device)
+        trainer = SFTTrainer(model, s, mixed_precision=device.type == "cuda", device=device,
+                             activation_checkpointing=args.activation_checkpointing)
         if device.type == "cuda":
             torch.cuda.reset_peak_memory_stats(device)
         useful = processed = 0
-        start = time.perf_counter()
+        steps = []  # (useful tokens, seconds) per step; the step returns host floats, so each is synchronized
         for _, _, batch in list(iter_steps(len(examples), s, epochs=100))[: args.steps]:
+            start = time.perf_counter()
             batches = micro_batches(examples, batch, s, pad)
-            useful += sum(len(examples[i]) for i in batch)
             _, _, done = trainer.train_step(batches, pad)
+            steps.append((sum(len(examples[i]) for i in batch), time.perf_counter() - start))
+            useful += steps[-1][0]
             processed += done
-        wall = time.perf_counter() - start
+        wall = sum(t for _, t in steps)
+        warm = steps[1:] or steps  # after the first step (CUDA context, kernel selection, allocator warm-up)
         out["packing" if packing else "padding"] = {
             "tokens_per_s": useful / wall, "padding_share": 1 - useful / processed, "seconds": wall,
+            "warm_tokens_per_s": sum(n for n, _ in warm) / sum(t for _, t in warm), "first_step_seconds": steps[0][1],
             "micro_batches_tokens": processed,
             "peak_memory_gib": torch.cuda.max_memory_allocated(device) / 2**30 if device.type == "cuda" else None}
         del trainer, model
@@ -92,13 +98,18 @@ def main() -> None:
     parser.add_argument("--device", default="cpu", help="cpu, or cuda:N: part (1) alone on that GPU")
     parser.add_argument("--model", default="default", help="lib.models model (default: the embedded SmolLM2)")
     parser.add_argument("--attn", default="sdpa", help="attn_implementation (flash_attention_2: varlen packing)")
+    parser.add_argument("--activation-checkpointing", action="store_true", help="as the 7B configs train (part 1)")
+    parser.add_argument("--modes", default="packing,padding", help="part (1)'s modes, comma-separated")
     args = parser.parse_args()
     setup_logging()
     packing = bench_packing(args)
     if args.device != "cpu":
         for mode, r in packing.items():
-            print(f"{mode:8s} on {args.device}: {r['tokens_per_s']:.0f} useful tokens/s, peak memory "
+            print(f"{mode:8s} on {args.device}: {r['warm_tokens_per_s']:.0f} useful tokens/s after the first step "
+                  f"({r['first_step_seconds']:.1f} s; {r['tokens_per_s']:.0f} over all {args.steps}), peak memory "
                   f"{r['peak_memory_gib']:.2f} GiB, padding {100 * r['padding_share']:.1f}%")
+        if len(packing) == 2:
+            print(f"ratio packing/padding: {packing['packing']['warm_tokens_per_s'] / packing['padding']['warm_tokens_per_s']:.2f}x")
         return
     strategies = bench_strategies(args)
     print(f"\nSFT benchmark: default model (SmolLM2-135M, fp32, CPU), {args.steps} steps x {args.batch} GSM8K examples, "

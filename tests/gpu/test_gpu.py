@@ -1,6 +1,8 @@
-"""On one CUDA GPU (``make test-gpu``; skipped without CUDA by tests/conftest.py): one SFT step per strategy
-(plain, FSDP2, DeepSpeed ZeRO-3) on a 1-process NCCL group, with the mask and (if flash-attn is installed)
-the varlen packing path; one vLLM sample through jobs.evaluate; one request to the Serve app."""
+"""On one CUDA GPU (``make test-gpu``; skipped without CUDA by tests/conftest.py): SFT steps per strategy (plain,
+FSDP2, DeepSpeed ZeRO-3; the last two with activation checkpointing too) on a 1-process NCCL group, with the
+mask and (if flash-attn is installed) the varlen packing path, each then resumed from its checkpoint and
+exported; one vLLM sample through jobs.evaluate; one request to the Serve app. The SFT cases passed on one
+H200 (README, "The SFT job"); the vLLM and Serve ones await a machine with the ``.[gpu]`` extra."""
 
 import os
 
@@ -31,26 +33,52 @@ def attention_paths():
 
 
 @pytest.mark.parametrize("attn", attention_paths())
-@pytest.mark.parametrize("strategy", ["none", "fsdp", "deepspeed"])
-def test_one_sft_step_per_strategy_on_one_gpu(strategy, attn, nccl_group, tiny_model):
-    """Two steps on the same 8 examples (bf16 compute): finite losses, the second lower, weights on cuda:0."""
+@pytest.mark.parametrize("strategy, checkpointing", [("none", False), ("fsdp", False), ("deepspeed", False),
+                                                     ("fsdp", True), ("deepspeed", True)])
+def test_one_sft_step_per_strategy_on_one_gpu(strategy, checkpointing, attn, nccl_group, tiny_model, tmp_path):
+    """Two steps on the same 8 examples (bf16 compute; with activation checkpointing too, as the 7B configs):
+    finite losses, the second lower, weights on cuda:0; then the checkpoint: a fresh trainer that loads it
+    takes the same third step (same loss), and the full state dict exports a bf16 HF model that transformers
+    loads with the trained weights."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
+    from lib.prompts import PROMPTS
     from lib.sft import tokenize_example, uses_varlen
     from lib.sft_data import load_pairs
-    from lib.train_loop import SFTTrainer, StepSettings, micro_batches
+    from lib.train_loop import SFTTrainer, StepSettings, export_hf, micro_batches
 
     tokenizer = AutoTokenizer.from_pretrained(tiny_model)
     examples = [tokenize_example(tokenizer, q, s, "boxed", 384) for _, q, s in load_pairs("gsm8k", limit=8)]
-    model = AutoModelForCausalLM.from_pretrained(tiny_model, dtype=torch.float32, attn_implementation=attn,
-                                                 device_map={"": CUDA})
     settings = StepSettings(lr=1e-3, total_steps=10, global_batch_size=8, micro_batch_tokens=2048,
                             varlen=uses_varlen(attn))
-    ds = {"zero_optimization": {"stage": 3}} if strategy == "deepspeed" else None
-    trainer = SFTTrainer(model, settings, strategy, ds, mixed_precision=True, device=CUDA)
-    losses = [trainer.train_step(micro_batches(examples, list(range(8)), settings, 0), 0)[0] for _ in range(2)]
+
+    def trainer():
+        model = AutoModelForCausalLM.from_pretrained(tiny_model, dtype=torch.float32, attn_implementation=attn,
+                                                     device_map={"": CUDA})
+        ds = {"zero_optimization": {"stage": 3}} if strategy == "deepspeed" else None
+        return SFTTrainer(model, settings, strategy, ds, checkpointing, mixed_precision=True, device=CUDA)
+
+    def step(t):
+        return t.train_step(micro_batches(examples, list(range(8)), settings, 0), 0)[0]
+
+    first = trainer()
+    losses = [step(first) for _ in range(2)]
     assert all(torch.isfinite(torch.tensor(losses))) and losses[1] < losses[0], losses
-    assert trainer.step == 2 and torch.cuda.max_memory_allocated() > 0
+    assert first.step == 2 and torch.cuda.max_memory_allocated() > 0
+    assert {p.device for p in first.model.parameters()} == {CUDA}
+    first.save(tmp_path / "ckpt", {"epoch": 0, "batch": 1})
+
+    second = trainer()
+    assert second.load(tmp_path / "ckpt") == {"epoch": 0, "batch": 1} and second.step == 2
+    third = [step(first), step(second)]
+    assert third[1] == pytest.approx(third[0], rel=1e-3) and third[0] < losses[1], (losses, third)
+
+    state = second.full_state_dict()
+    export = export_hf(tmp_path / "hf", state, tiny_model, tokenizer, {"test": True}, PROMPTS["boxed"])
+    exported = AutoModelForCausalLM.from_pretrained(export)
+    name = "model.layers.0.mlp.down_proj.weight"
+    assert exported.dtype == torch.bfloat16
+    assert torch.equal(exported.state_dict()[name], state[name].to("cpu", torch.bfloat16))
 
 
 def test_one_vllm_sample_through_evaluate(ray_cluster, tiny_model, tmp_path):

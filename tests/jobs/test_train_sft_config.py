@@ -27,3 +27,21 @@ def test_7b_configs_validate_with_a_tokenizer_without_chat_template(name, tiny_b
 def test_unknown_prompt_fails_at_load_naming_the_key():
     with pytest.raises(ValueError, match=r"key 'prompt': .*unknown prompt 'boxd'; known prompts: boxed, xwin"):
         load_config(TrainSFTConfig, None, ["prompt=boxd"])
+
+
+@pytest.mark.parametrize("use_gpu, packing, attn, warned", [
+    (True, True, "sdpa", True),  # the measured slow case: packed rows with an L x L mask on GPUs
+    (True, True, "flash_attention_2", False),  # varlen: no mask
+    (True, False, "sdpa", False),  # padding
+    (False, True, "sdpa", False),  # CPU workers: the CPU configs' choice
+])
+def test_gpu_packing_with_a_mask_is_warned_about_before_work(use_gpu, packing, attn, warned, caplog):
+    config = load_config(TrainSFTConfig, CONFIGS / "train_sft_tiny.yaml",
+                         [f"resources.use_gpu={str(use_gpu).lower()}", f"packing={str(packing).lower()}",
+                          f"attn_implementation={attn}"])
+    with caplog.at_level("WARNING", logger="mathray.train_sft"):
+        check_config(config)
+    messages = [r.getMessage() for r in caplog.records if r.name == "mathray.train_sft"]
+    assert len(messages) == int(warned)
+    if warned:
+        assert messages[0].startswith("packing with attn_implementation=sdpa on GPUs") and "packing: false" in messages[0]
