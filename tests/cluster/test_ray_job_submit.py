@@ -77,8 +77,23 @@ class LocalRay:
         nodes = self.get("/api/v0/nodes", token).json()["data"]["result"]["result"]
         return sum(n["state"] == "ALIVE" for n in nodes)
 
+    def processes(self) -> list[int]:
+        """Every process of this cluster, found by the environment they all inherit from `ray start` (this
+        test's own RAY_AUTH_TOKEN): Ray's workers run in sessions of their own, outside the groups started here."""
+        marker = f"RAY_AUTH_TOKEN={self.env['RAY_AUTH_TOKEN']}".encode()
+        found = []
+        for pid in filter(str.isdigit, os.listdir("/proc")):
+            try:
+                if marker in Path(f"/proc/{pid}/environ").read_bytes().split(b"\0"):
+                    found.append(int(pid))
+            except OSError:  # gone, or not ours to read
+                pass
+        return found
+
     def stop(self) -> None:
-        """SIGINT to each `ray start --block` (it stops what it started), SIGKILL to its group after 30 s."""
+        """SIGINT to each `ray start --block` (it stops what it started), SIGKILL to its group after 30 s,
+        then SIGKILL to any process of the cluster still there (a Ray Train controller once outlived `ray
+        stop`, orphaned to PID 1 with 400 MB)."""
         for proc in reversed(self.procs):
             if proc.poll() is None:
                 proc.send_signal(signal.SIGINT)
@@ -91,6 +106,11 @@ class LocalRay:
             except ProcessLookupError:
                 pass
             proc.wait()
+        for pid in self.processes():
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
 
 
 def wait_until(check, timeout: float, what: str):
@@ -174,3 +194,4 @@ def test_readme_ray_job_submit_lines_succeed_on_a_local_two_node_cluster(tmp_pat
         cluster.stop()
         shutil.rmtree(ray_tmp, ignore_errors=True)
     assert all(proc.poll() is not None for proc in cluster.procs)
+    wait_until(lambda: not cluster.processes(), 10, "every process of the test's cluster to end")
