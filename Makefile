@@ -40,8 +40,9 @@ test: install
 test-fast: install
 	$(PY) -m pytest -m "not slow"
 
-# On a CUDA machine with the `gpu` extra (upstream vLLM) installed instead of `cpu`: one SFT step per
-# strategy, one vLLM sample, one Serve request (tests/gpu/; skipped without CUDA).
+# On a CUDA machine with the `gpu` extra (upstream vLLM) installed instead of `cpu`: SFT steps per strategy
+# with checkpoint resume and export, one vLLM sample, one Serve request (tests/gpu/; skipped without CUDA).
+# The SFT cases need torch alone: `pytest tests/gpu -k sft_step` (passed on one H200, README).
 test-gpu:
 	$(PY) -m pytest -m gpu tests/gpu
 
