@@ -101,6 +101,11 @@ def main() -> None:
     parser.add_argument("--activation-checkpointing", action="store_true", help="as the 7B configs train (part 1)")
     parser.add_argument("--modes", default="packing,padding", help="part (1)'s modes, comma-separated")
     args = parser.parse_args()
+    modes = args.modes.split(",")
+    if not modes or not set(modes) <= {"packing", "padding"}:
+        parser.error(f"--modes {args.modes}: comma-separated packing, padding")
+    if args.device == "cpu" and sorted(modes) != ["packing", "padding"]:
+        parser.error("--modes applies to --device cuda:N; the CPU benchmark measures both")
     setup_logging()
     packing = bench_packing(args)
     if args.device != "cpu":
