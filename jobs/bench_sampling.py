@@ -39,7 +39,7 @@ from lib.models import resolve_model
 from lib.progress import setup_logging
 from lib.prompts import get_prompt
 from lib.sample_store import SampleStore
-from lib.sampling import SamplingSettings, cpu_binding_env
+from lib.sampling import SamplingSettings, cpu_engine_env
 from lib.schemas import QUESTION_ID
 
 log = logging.getLogger("mathray.bench_sampling")
@@ -98,7 +98,7 @@ def bench_vllm(args, cases: list[Case]) -> tuple[float, list[Timing]]:
     start = time.perf_counter()  # the import counts: (a) pays it inside its actor too
     from vllm import LLM
 
-    os.environ.update(cpu_binding_env(args.cpu_threads_bind))
+    os.environ.update(cpu_engine_env(args.cpu_threads_bind))
     llm = LLM(model=resolve_model("default"), **ENGINE)
     startup = time.perf_counter() - start
     tokenizer, timings = llm.get_tokenizer(), []

@@ -74,11 +74,11 @@ class LocalOpenAIServer:
         return cmd + list(c.extra_args)
 
     def start(self) -> LocalOpenAIServer:
-        from lib.sampling import cpu_binding_env
+        from lib.sampling import cpu_engine_env
 
         # uvicorn's 5 s keep-alive closes a client actor's pooled connections between batches, and a request
         # racing that close fails ("Server disconnected") and is retried; a longer idle window avoids most.
-        env = {"VLLM_HTTP_TIMEOUT_KEEP_ALIVE": "75", **os.environ, **cpu_binding_env(self.config.cpu_threads_bind)}
+        env = {"VLLM_HTTP_TIMEOUT_KEEP_ALIVE": "75", **os.environ, **cpu_engine_env(self.config.cpu_threads_bind)}
         cmd = self.command()
         log.info("starting vLLM's OpenAI server on %s (log: %s)", self.base_url, self.log_path)
         with open(self.log_path, "ab") as out:

@@ -37,12 +37,12 @@ class ModelServer:
         from lib.models import resolve_model
         from lib.progress import setup_logging
         from lib.prompts import load_model_prompt
-        from lib.sampling import cpu_binding_env, start_async_engine
+        from lib.sampling import cpu_engine_env, start_async_engine
 
         setup_logging()
         start = time.monotonic()
         self.args = ServeArgs.model_validate(args)
-        os.environ.update(cpu_binding_env(self.args.engine.cpu_threads_bind))  # inherited by the engine process
+        os.environ.update(cpu_engine_env(self.args.engine.cpu_threads_bind))  # inherited by the engine process
         path = resolve_model(self.args.model)
         self.tokenizer = AutoTokenizer.from_pretrained(path)
         self.template = load_model_prompt(path)  # the prompt a mathray export was fine-tuned with, or None

@@ -1,8 +1,9 @@
 """On one CUDA GPU (``make test-gpu``; skipped without CUDA by tests/conftest.py): SFT steps per strategy (plain,
 FSDP2, DeepSpeed ZeRO-3; the last two with activation checkpointing too) on a 1-process NCCL group, with the
 mask and (if flash-attn is installed) the varlen packing path, each then resumed from its checkpoint and
-exported; one vLLM sample through jobs.evaluate; one request to the Serve app. The SFT cases passed on one
-H200 (README, "The SFT job"); the vLLM and Serve ones await a machine with the ``.[gpu]`` extra."""
+exported; the SFT job itself through Ray Train with the 7B configs' settings on one GPU worker; one vLLM sample
+through jobs.evaluate; one request to the Serve app. The SFT cases passed on one H200 (README, "The SFT job");
+the vLLM and Serve ones await a machine with the ``.[gpu]`` extra."""
 
 import os
 
@@ -79,6 +80,38 @@ def test_one_sft_step_per_strategy_on_one_gpu(strategy, checkpointing, attn, ncc
     name = "model.layers.0.mlp.down_proj.weight"
     assert exported.dtype == torch.bfloat16
     assert torch.equal(exported.state_dict()[name], state[name].to("cpu", torch.bfloat16))
+
+
+def sft_7b_args(strategy: str, model: str, out) -> list[str]:
+    """The 7B config of ``strategy`` (bf16, activation checkpointing) on one GPU worker with ``model``: 4 steps of
+    8 GSM8K examples, a checkpoint every 2."""
+    return ["--config", f"jobs/configs/train_sft_7b_{strategy}.yaml", f"model={model}", "data.source=gsm8k",
+            "data.limit=32", "attn_implementation=sdpa", "packing=false", "micro_batch_tokens=4096",
+            "global_batch_size=8", "max_steps=4", "checkpoint_every=2", "warmup_steps=1", "log_every=1",
+            "resources.num_workers=1", "resources.cpus_per_worker=1", f"output_dir={out}"]
+
+
+@pytest.mark.parametrize("strategy", ["fsdp", "deepspeed"])
+def test_the_7b_sft_job_runs_through_ray_train_on_one_gpu(strategy, ray_cluster, tiny_model, tmp_path):
+    """jobs.train_sft as the 7B configs run it (Ray Train, use_gpu, NCCL from Ray's TorchConfig, Ray Data ingest,
+    bf16, activation checkpointing), shrunk to one GPU worker: 4 finite, falling steps, checkpoints at 2 and 4,
+    a bf16 export. The same job with SmolLM2-135M's shape, 6 steps and a SIGKILL + resume ran on one H200
+    (README, "The SFT job")."""
+    import json
+
+    from safetensors import safe_open
+
+    from jobs.train_sft import main
+
+    out = tmp_path / strategy
+    summary = main(sft_7b_args(strategy, tiny_model, out))
+    assert (summary.final_metrics["step"], summary.final_metrics["examples_seen"]) == (4, 32)
+    losses = [json.loads(line)["loss"] for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert len(losses) == 4 and all(torch.isfinite(torch.tensor(losses))) and losses[-1] < losses[0], losses
+    kept = sorted(json.loads(p.read_text())["step"] for p in (out / "run").glob("checkpoint_*/trainer_state.json"))
+    assert kept == [2, 4]
+    with safe_open(out / "hf" / "model.safetensors", "pt") as f:
+        assert {f.get_slice(k).get_dtype() for k in f.keys()} == {"BF16"}
 
 
 def test_one_vllm_sample_through_evaluate(ray_cluster, tiny_model, tmp_path):

@@ -181,6 +181,30 @@ def test_async_engines_get_the_scheduler_defaults_of_vllm_front_doors(tiny_model
     assert fallback == (UsageContext.ENGINE_CONTEXT, 128, 2048)  # what the sampler ran with before
 
 
+@pytest.mark.parametrize("cuda,preset,bind,expected", [
+    (False, None, "auto", {"VLLM_ENABLE_V1_MULTIPROCESSING": "0"}),  # CPU: engine core and worker in process
+    (False, "1", "auto", {}),  # the caller's own setting wins
+    (True, None, "auto", {}),  # a GPU node: vLLM's engine-core and worker processes
+    (True, None, "0-3", {"VLLM_CPU_OMP_THREADS_BIND": "0-3"}),
+    (False, None, "all", {"VLLM_ENABLE_V1_MULTIPROCESSING": "0", "VLLM_CPU_OMP_THREADS_BIND": "0,1",
+                          "VLLM_CPU_NUM_OF_RESERVED_CPU": "0"}),
+])
+def test_cpu_engine_env_runs_the_engine_in_process_only_without_cuda(monkeypatch, cuda, preset, bind, expected):
+    import os
+
+    import torch
+
+    from lib.sampling import cpu_engine_env
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: cuda)
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {1, 0})
+    if preset is None:
+        monkeypatch.delenv("VLLM_ENABLE_V1_MULTIPROCESSING", raising=False)
+    else:
+        monkeypatch.setenv("VLLM_ENABLE_V1_MULTIPROCESSING", preset)
+    assert cpu_engine_env(bind) == expected
+
+
 @pytest.mark.parametrize("cuda,machine,avx512_bf16,amx,expected", [
     (False, "x86_64", False, False, "float32"),  # AVX2-only x86: vLLM's "auto" would emulate bf16 (4x slower)
     (False, "x86_64", True, False, "auto"),
