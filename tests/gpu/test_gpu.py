@@ -84,10 +84,11 @@ def test_one_sft_step_per_strategy_on_one_gpu(strategy, checkpointing, attn, ncc
 
 def sft_7b_args(strategy: str, model: str, out) -> list[str]:
     """The 7B config of ``strategy`` (bf16, activation checkpointing) on one GPU worker with ``model``: 4 steps of
-    8 GSM8K examples, a checkpoint every 2."""
+    8 GSM8K examples at the tiny config's lr, a checkpoint every 2 (the arguments were checked on CPU with
+    ``resources.use_gpu=false``: 4 steps, 32 examples, checkpoints 2 and 4)."""
     return ["--config", f"jobs/configs/train_sft_7b_{strategy}.yaml", f"model={model}", "data.source=gsm8k",
             "data.limit=32", "attn_implementation=sdpa", "packing=false", "micro_batch_tokens=4096",
-            "global_batch_size=8", "max_steps=4", "checkpoint_every=2", "warmup_steps=1", "log_every=1",
+            "global_batch_size=8", "max_steps=4", "checkpoint_every=2", "lr=1e-3", "warmup_steps=1", "log_every=1",
             "resources.num_workers=1", "resources.cpus_per_worker=1", f"output_dir={out}"]
 
 
