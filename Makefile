@@ -34,11 +34,16 @@ demo: install
 serve: install
 	MATHRAY_API_KEYS=$${MATHRAY_API_KEYS:-local-dev-key} $(PY) -m serve --config serve/configs/serve_default_cpu.yaml
 
+# Two pytest-xdist workers (TEST_WORKERS): most tests wait on engines, Ray and subprocesses part of the time, so
+# two at once fill a 2-core machine. Each worker has its own Ray; conftest.py runs the longest tests first.
+TEST_WORKERS ?= 2
+XDIST := -n $(TEST_WORKERS) --dist loadgroup --no-loadscope-reorder
+
 test: install
-	$(PY) -m pytest
+	$(PY) -m pytest $(XDIST)
 
 test-fast: install
-	$(PY) -m pytest -m "not slow"
+	$(PY) -m pytest $(XDIST) -m "not slow"
 
 # On a CUDA machine with the `gpu` extra (upstream vLLM) installed instead of `cpu`: SFT steps per strategy
 # with checkpoint resume and export, one vLLM sample, one Serve request (tests/gpu/; skipped without CUDA).

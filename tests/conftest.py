@@ -1,6 +1,9 @@
-"""Shared fixtures: one session-scoped local Ray (2 CPUs), the default model, a tiny random model."""
+"""Shared fixtures: one session-scoped local Ray (2 CPUs), the default model, a tiny random model; the
+longest tests first (for ``make test``'s two pytest-xdist workers)."""
 
+import json
 import os
+from pathlib import Path
 
 import pytest
 
@@ -9,15 +12,48 @@ os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 
-def pytest_collection_modifyitems(config, items):
-    """Skip tests marked gpu when CUDA is not available."""
+# Seconds per test (setup + call + teardown) from a full serial run on a 2-core machine, tests of 2 s or more:
+# only the order below reads it, so a stale or missing entry costs balance, never a result. Regenerate with
+# `python -m tests.durations LOG` from a `pytest --durations=0` log.
+DURATIONS = Path(__file__).with_name("durations.json")
+UNKNOWN_SLOW_S = 60.0  # a slow test not yet measured: it starts an engine or a Ray job
+
+
+def expected_seconds(item, durations: dict[str, float]) -> float:
+    if "gpu" in item.keywords and not has_cuda():
+        return 0.0  # skipped
+    return durations.get(item.nodeid, UNKNOWN_SLOW_S if "slow" in item.keywords else 0.0)
+
+
+def group_of(item) -> str:
+    """The test's xdist_group (tests that share an expensive module fixture run on one worker, in a row), or itself."""
+    mark = item.get_closest_marker("xdist_group")
+    if mark is None:
+        return item.nodeid
+    return "group:" + str(mark.args[0] if mark.args else mark.kwargs["name"])
+
+
+def has_cuda() -> bool:
     try:
         import torch
 
-        has_cuda = torch.cuda.is_available()
+        return torch.cuda.is_available()
     except ImportError:
-        has_cuda = False
-    if not has_cuda:
+        return False
+
+
+def pytest_collection_modifyitems(config, items):
+    """Longest expected first: a test, or an xdist_group taken as one block (kept in a row, in file order, so
+    its module fixture is built once). Under pytest-xdist (`make test`: ``-n 2 --dist loadgroup``) each worker
+    takes the next block when it finishes one, so the long ones start at once and the short ones fill the end
+    (longest-processing-time-first). Skip tests marked gpu when CUDA is not available."""
+    durations = json.loads(DURATIONS.read_text()) if DURATIONS.exists() else {}
+    blocks: dict[str, list] = {}
+    for item in items:
+        blocks.setdefault(group_of(item), []).append(item)
+    ordered = sorted(blocks.values(), key=lambda block: -sum(expected_seconds(i, durations) for i in block))
+    items[:] = [item for block in ordered for item in block]
+    if not has_cuda():
         skip = pytest.mark.skip(reason="needs CUDA")
         for item in items:
             if "gpu" in item.keywords:

@@ -39,6 +39,7 @@ def repeated_batch_runs(ray_cluster, tmp_path_factory) -> dict[str, Path]:
     return outs
 
 
+@pytest.mark.xdist_group("sft_repeated_batch")  # repeated_batch_runs once
 def test_fsdp_and_deepspeed_lower_the_loss_on_a_repeated_batch_identically(repeated_batch_runs):
     """Both strategies lower the loss at every step on the repeated batch and agree to 1e-4; both export an HF
     directory and keep the last 2 checkpoints (steps 4 and 6)."""
@@ -59,6 +60,7 @@ def test_fsdp_and_deepspeed_lower_the_loss_on_a_repeated_batch_identically(repea
         assert runs["fsdp"][s]["batch"] == runs["deepspeed"][s]["batch"]
 
 
+@pytest.mark.xdist_group("sft_repeated_batch")  # repeated_batch_runs once
 def test_sigkill_then_rerun_equals_an_uninterrupted_run(repeated_batch_runs, tmp_path):
     """Kill the job (SIGKILL, its whole process group, its own Ray) after the step-2 checkpoint; the rerun
     resumes there (at an epoch boundary: mid-epoch positions are unit-tested in tests/lib/test_stages.py):
