@@ -35,9 +35,10 @@ serve: install
 	MATHRAY_API_KEYS=$${MATHRAY_API_KEYS:-local-dev-key} $(PY) -m serve --config serve/configs/serve_default_cpu.yaml
 
 # Two pytest-xdist workers (TEST_WORKERS): most tests wait on engines, Ray and subprocesses part of the time, so
-# two at once fill a 2-core machine. Each worker has its own Ray; conftest.py runs the longest tests first.
+# two at once fill a 2-core machine. Each worker has its own Ray and takes whole modules (their fixtures are
+# built once); conftest.py orders the modules longest first, and --no-loadscope-reorder keeps that order.
 TEST_WORKERS ?= 2
-XDIST := -n $(TEST_WORKERS) --dist loadgroup --no-loadscope-reorder
+XDIST := -n $(TEST_WORKERS) --dist loadscope --no-loadscope-reorder
 
 test: install
 	$(PY) -m pytest $(XDIST)

@@ -1,5 +1,5 @@
 """Shared fixtures: one session-scoped local Ray (2 CPUs), the default model, a tiny random model; the
-longest tests first (for ``make test``'s two pytest-xdist workers)."""
+longest modules first (for ``make test``'s two pytest-xdist workers)."""
 
 import json
 import os
@@ -25,12 +25,8 @@ def expected_seconds(item, durations: dict[str, float]) -> float:
     return durations.get(item.nodeid, UNKNOWN_SLOW_S if "slow" in item.keywords else 0.0)
 
 
-def group_of(item) -> str:
-    """The test's xdist_group (tests that share an expensive module fixture run on one worker, in a row), or itself."""
-    mark = item.get_closest_marker("xdist_group")
-    if mark is None:
-        return item.nodeid
-    return "group:" + str(mark.args[0] if mark.args else mark.kwargs["name"])
+def module_of(item) -> str:
+    return item.nodeid.split("::", 1)[0]
 
 
 def has_cuda() -> bool:
@@ -43,14 +39,14 @@ def has_cuda() -> bool:
 
 
 def pytest_collection_modifyitems(config, items):
-    """Longest expected first: a test, or an xdist_group taken as one block (kept in a row, in file order, so
-    its module fixture is built once). Under pytest-xdist (`make test`: ``-n 2 --dist loadgroup``) each worker
-    takes the next block when it finishes one, so the long ones start at once and the short ones fill the end
-    (longest-processing-time-first). Skip tests marked gpu when CUDA is not available."""
+    """Longest module first, its tests kept in file order (a module fixture is built once). Under pytest-xdist
+    (`make test`: ``-n 2 --dist loadscope``, one module per unit of work) each worker takes the next module when
+    it finishes one, so the long ones start at once and the short ones fill the end (longest-processing-time-
+    first). Skip tests marked gpu when CUDA is not available."""
     durations = json.loads(DURATIONS.read_text()) if DURATIONS.exists() else {}
     blocks: dict[str, list] = {}
     for item in items:
-        blocks.setdefault(group_of(item), []).append(item)
+        blocks.setdefault(module_of(item), []).append(item)
     ordered = sorted(blocks.values(), key=lambda block: -sum(expected_seconds(i, durations) for i in block))
     items[:] = [item for block in ordered for item in block]
     if not has_cuda():

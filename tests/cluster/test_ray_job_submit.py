@@ -128,9 +128,10 @@ def wait_until(check, timeout: float, what: str):
 def submit(line: str, overrides: list[str], cwd: Path, env: dict[str, str], log: Path) -> int:
     """Run the README's line (shell-split, overrides appended) from the checkout copy; its exit code. A head whose
     job agent has not registered yet refuses with "No available agent to submit job, please try again later"
-    (no job is created): that submission is tried again, as the message says, for up to 120 s."""
+    (no job is created): that submission is tried again, as the message says, for up to 300 s (under `make
+    test`'s two workers the agent once took longer than 120 s)."""
     argv = shlex.split(line) + overrides
-    deadline = time.monotonic() + 120
+    deadline = time.monotonic() + 300
     while True:
         with open(log, "w") as out:
             code = subprocess.run(argv, cwd=cwd, env=env, stdout=out, stderr=subprocess.STDOUT, timeout=600).returncode

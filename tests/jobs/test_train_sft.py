@@ -1,6 +1,6 @@
 """SFT on Ray Train with 2 CPU workers (gloo): FSDP2 and DeepSpeed ZeRO-3 give the same losses and lower
-them; SIGKILL + rerun equals an uninterrupted run; a base model's bf16 HF export evaluates with vLLM and
-answers Serve's chat route with the prompt it was trained on."""
+them; SIGKILL + rerun equals an uninterrupted run. (The base model's export through vLLM and Serve, and the
+default-CPU config, are in their own modules: test_train_sft_export.py, test_train_sft_default.py.)"""
 
 import json
 import os
@@ -39,7 +39,6 @@ def repeated_batch_runs(ray_cluster, tmp_path_factory) -> dict[str, Path]:
     return outs
 
 
-@pytest.mark.xdist_group("sft_repeated_batch")  # repeated_batch_runs once
 def test_fsdp_and_deepspeed_lower_the_loss_on_a_repeated_batch_identically(repeated_batch_runs):
     """Both strategies lower the loss at every step on the repeated batch and agree to 1e-4; both export an HF
     directory and keep the last 2 checkpoints (steps 4 and 6)."""
@@ -60,7 +59,6 @@ def test_fsdp_and_deepspeed_lower_the_loss_on_a_repeated_batch_identically(repea
         assert runs["fsdp"][s]["batch"] == runs["deepspeed"][s]["batch"]
 
 
-@pytest.mark.xdist_group("sft_repeated_batch")  # repeated_batch_runs once
 def test_sigkill_then_rerun_equals_an_uninterrupted_run(repeated_batch_runs, tmp_path):
     """Kill the job (SIGKILL, its whole process group, its own Ray) after the step-2 checkpoint; the rerun
     resumes there (at an epoch boundary: mid-epoch positions are unit-tested in tests/lib/test_stages.py):
@@ -89,63 +87,3 @@ def test_sigkill_then_rerun_equals_an_uninterrupted_run(repeated_batch_runs, tmp
         assert a[s]["batch"] == b[s]["batch"] and a[s]["examples_seen"] == b[s]["examples_seen"] == 8 * s
         assert a[s]["loss"] == pytest.approx(b[s]["loss"], abs=1e-5)
     assert len({tuple(b[s]["batch"]) for s in range(1, 7)}) > 1  # reshuffled per epoch: the order is checked
-
-
-def test_a_base_model_export_is_bf16_evaluates_with_vllm_and_answers_chat_as_trained(tmp_path):
-    """The tiny base model (BOS, no chat template) fine-tuned with xwin: the export's weights are bf16 and it
-    records its prompt; jobs.evaluate samples it with vLLM; Serve's chat route renders the user message
-    through xwin (the prompt ids SFT trained on: usage.prompt_tokens says so); a multi-turn chat is a 400."""
-    import json as _json
-
-    import openai
-    from ray import serve
-    from safetensors import safe_open
-    from transformers import AutoTokenizer
-
-    from jobs.evaluate import main as evaluate
-    from lib.openai_server import free_port
-    from lib.prompts import get_prompt, load_model_prompt
-    from serve.app import build_app
-
-    out = tmp_path / "sft"
-    main(["--config", TINY, "model=tiny-base", "prompt=xwin", f"output_dir={out}", "max_steps=2", "checkpoint_every=2"])
-    hf = out / "hf"
-    with safe_open(hf / "model.safetensors", "pt") as f:
-        assert {f.get_slice(k).get_dtype() for k in f.keys()} == {"BF16"}
-    assert _json.loads((hf / "config.json").read_text())["dtype"] == "bfloat16"
-    assert load_model_prompt(hf) == get_prompt("xwin")
-    assert _json.loads((hf / "training_args.json").read_text())["prompt"]["name"] == "xwin"
-    metrics = evaluate(["--config", "jobs/configs/evaluate_tiny.yaml", f"model={hf}", "prompt=xwin", "limit=2",
-                        "samples_per_question=2", "max_tokens=8", f"output_dir={tmp_path / 'eval'}"]).metrics
-    gsm = metrics["gsm8k"]
-    assert gsm["num_questions"] == 2 and gsm["samples_per_question"] == 2
-    assert sum(gsm["status_counts"].values()) == 4 and gsm["status_counts"].get("error", 0) == 0
-
-    tokenizer = AutoTokenizer.from_pretrained(hf)
-    assert tokenizer.chat_template is None
-    port = free_port()
-    serve.start(http_options={"host": "127.0.0.1", "port": port})
-    try:
-        serve.run(build_app({"model": str(hf), "served_name": "sft", "api_keys_env": None, "allow_no_auth": True,
-                             "engine": {"gpu_memory_utilization": 0.2, "enforce_eager": True, "max_model_len": 512}}),
-                  name="sft", route_prefix="/")
-        client = openai.OpenAI(base_url=f"http://127.0.0.1:{port}/v1", api_key="unused", max_retries=0)
-        chat = client.chat.completions.create(model="sft", messages=[{"role": "user", "content": "What is 1+1?"}],
-                                              max_tokens=4, temperature=0)
-        assert chat.usage.prompt_tokens == len(get_prompt("xwin").token_ids("What is 1+1?", tokenizer))
-        with pytest.raises(openai.BadRequestError, match="single-turn prompt 'xwin'"):
-            client.chat.completions.create(model="sft", max_tokens=4, messages=[
-                {"role": "system", "content": "Be brief."}, {"role": "user", "content": "What is 1+1?"}])
-    finally:
-        serve.shutdown()
-
-
-def test_default_cpu_config_lowers_the_loss_and_exports(tmp_path):
-    """The shipped default-CPU config (SmolLM2-135M, FSDP2, 2 workers), shortened to 4 steps."""
-    out = tmp_path / "default"
-    main(["--config", "jobs/configs/train_sft_default_cpu.yaml", f"output_dir={out}", "max_steps=4", "data.limit=32",
-          "checkpoint_every=2"])
-    losses = [steps(out)[s]["loss"] for s in range(1, 5)]
-    assert losses[-1] < losses[0], losses
-    assert (out / "hf" / "model.safetensors").exists()
-    assert len(list((out / "run").glob("checkpoint_*/trainer_state.json"))) == 2  # steps 2 and 4

@@ -26,8 +26,6 @@ from lib.symbolic_expr import answer_text
 
 # ../shared/data/README.md: symbolic/0062's #answer uses the 60% increase (9) where the green count
 # (24) belongs, so at its defaults it gives 48, not GSM8K's 78.
-pytestmark = pytest.mark.xdist_group("gsm_symbolic")  # the generations fixture (14 s) once
-
 KNOWN_WRONG = {"symbolic/0062": ("48", "78")}
 NUM_INSTANCES = 5  # per template in the generation checks below (seed 0)
 

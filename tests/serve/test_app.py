@@ -15,7 +15,7 @@ from lib.extraction import final_answer
 from lib.selection import group_answers, largest_first
 
 KEY = "test-key-1"
-pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("serve_app")]  # one endpoint for the module
+pytestmark = pytest.mark.slow
 
 
 @pytest.fixture(scope="module")
