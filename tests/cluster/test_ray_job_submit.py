@@ -58,9 +58,13 @@ class LocalRay:
         self.procs: list[subprocess.Popen] = []
 
     def start(self, args: list[str], name: str) -> None:
+        """Each node's dashboard agent on a free port: the default (52365) is taken by any other Ray on this
+        machine (the suite's, under `make test`'s other xdist worker), and a head whose agent cannot listen
+        refuses every job ("No available agent to submit job")."""
         log = open(self.log_dir / f"{name}.log", "w")
-        self.procs.append(subprocess.Popen(["ray", "start", "--block", *args], env=self.env, stdout=log,
-                                           stderr=subprocess.STDOUT, start_new_session=True))
+        self.procs.append(subprocess.Popen(["ray", "start", "--block", "--dashboard-agent-listen-port", str(free_port()),
+                                            *args], env=self.env, stdout=log, stderr=subprocess.STDOUT,
+                                           start_new_session=True))
 
     def head(self) -> None:
         self.start(["--head", "--port", str(self.port), "--dashboard-host", "127.0.0.1", "--dashboard-port",
@@ -128,10 +132,9 @@ def wait_until(check, timeout: float, what: str):
 def submit(line: str, overrides: list[str], cwd: Path, env: dict[str, str], log: Path) -> int:
     """Run the README's line (shell-split, overrides appended) from the checkout copy; its exit code. A head whose
     job agent has not registered yet refuses with "No available agent to submit job, please try again later"
-    (no job is created): that submission is tried again, as the message says, for up to 300 s (under `make
-    test`'s two workers the agent once took longer than 120 s)."""
+    (no job is created): that submission is tried again, as the message says, for up to 120 s."""
     argv = shlex.split(line) + overrides
-    deadline = time.monotonic() + 300
+    deadline = time.monotonic() + 120
     while True:
         with open(log, "w") as out:
             code = subprocess.run(argv, cwd=cwd, env=env, stdout=out, stderr=subprocess.STDOUT, timeout=600).returncode
