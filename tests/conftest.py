@@ -10,6 +10,12 @@ import pytest
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+# OpenMP threads sleep when idle instead of spinning: under `make test`'s two workers two vLLM engines (or an
+# engine and a training run) share the 2 cores, and spinning threads take the cores the other side computes on.
+# Two concurrent vLLM CPU engines on 2 cores (tiny bench, tok/s each): 20 spinning, 72 passive; one alone: 114
+# (ACTIVE) against 107. Set here, before torch loads libgomp (it reads the variable once), so every Ray worker,
+# server and job the tests start inherits it.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 
 # Seconds per test (setup + call + teardown) from a full serial run on a 2-core machine, tests of 2 s or more:
