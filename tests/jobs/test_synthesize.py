@@ -221,7 +221,9 @@ def test_bad_config_fails_before_work(tmp_path):
 def test_tiny_config_with_vllms_server_then_cached_rerun(tmp_path):
     """The shipped tiny config end to end with the default model behind vLLM's OpenAI server: a dataset
     and a data card whose counts add up; the rerun sends no request. Shorter answers than the config's (what
-    is checked is the bookkeeping, which does not depend on their length)."""
+    is checked is the bookkeeping, which does not depend on their length). The rerun's teacher is the loopback
+    stand-in under the served model's name (the cache is keyed by model name and request, not by address): it
+    proves no request was sent from its own log, and spares the suite a second vLLM server start."""
     out = tmp_path / "tiny"
     sizes = ["seed_limit=4", "teacher.max_tokens=160", "stage.filters.verify_max_tokens=96"]
     card = main(["--config", "jobs/configs/synthesize_tiny.yaml", f"output_dir={out}", *sizes]).card
@@ -234,7 +236,10 @@ def test_tiny_config_with_vllms_server_then_cached_rerun(tmp_path):
     assert usage["solution"]["requests"] - usage["solution"]["retries"] == 4 * stages["questions parsed"]["questions"], shown
     assert pq.read_table(out / "data").num_rows == card["rows"] == stages["final dataset"]["solutions"], shown
     assert (out / "data_card.md").exists() and card["totals"]["cost"] > 0, shown
-    again = main(["--config", "jobs/configs/synthesize_tiny.yaml", f"output_dir={out}", *sizes]).card
+    with FakeTeacher(model="smollm2-teacher") as stand_in:
+        again = main(["--config", "jobs/configs/synthesize_tiny.yaml", f"output_dir={out}", *sizes, "local_server=null",
+                      f"teacher.base_url={stand_in.base_url}", "teacher.model=smollm2-teacher"]).card
+    assert stand_in.log == []
     shown_again = json.dumps({k: again[k] for k in ("stages", "removals", "usage", "totals", "rows")}, indent=1)
     t = card["totals"]
     assert again["totals"]["requests"] == 0, shown_again

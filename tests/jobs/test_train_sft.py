@@ -1,6 +1,7 @@
 """SFT on Ray Train with 2 CPU workers (gloo): FSDP2 and DeepSpeed ZeRO-3 give the same losses and lower
-them; SIGKILL + rerun equals an uninterrupted run. (The base model's export through vLLM and Serve, and the
-default-CPU config, are in their own modules: test_train_sft_export.py, test_train_sft_default.py.)"""
+them; SIGKILL + rerun equals an uninterrupted run; the FSDP run's bf16 export evaluates with vLLM and answers
+Serve's chat route as trained. (The default-CPU config is in its own module, test_train_sft_default.py:
+`make test`'s xdist workers take a module at a time.)"""
 
 import json
 import os
@@ -25,8 +26,10 @@ def steps(out: Path) -> dict[int, dict]:
 
 
 # 8 examples, a global batch of 8, 6 epochs: the same examples every step (each step is one epoch), a
-# checkpoint every 2 steps. The FSDP run is also the uninterrupted run the SIGKILL test compares against.
-REPEATED = ["--config", TINY, "data.limit=8", "global_batch_size=8", "epochs=6", "max_steps=null", "checkpoint_every=2"]
+# checkpoint every 2 steps; the tiny base model (BOS, no chat template) with the xwin prompt. The FSDP run is
+# also the uninterrupted run the SIGKILL test compares against, and the export the vLLM and Serve test loads.
+REPEATED = ["--config", TINY, "model=tiny-base", "prompt=xwin", "data.limit=8", "global_batch_size=8", "epochs=6",
+            "max_steps=null", "checkpoint_every=2"]
 
 
 @pytest.fixture(scope="module")
@@ -87,3 +90,48 @@ def test_sigkill_then_rerun_equals_an_uninterrupted_run(repeated_batch_runs, tmp
         assert a[s]["batch"] == b[s]["batch"] and a[s]["examples_seen"] == b[s]["examples_seen"] == 8 * s
         assert a[s]["loss"] == pytest.approx(b[s]["loss"], abs=1e-5)
     assert len({tuple(b[s]["batch"]) for s in range(1, 7)}) > 1  # reshuffled per epoch: the order is checked
+
+
+def test_a_base_model_export_is_bf16_evaluates_with_vllm_and_answers_chat_as_trained(repeated_batch_runs, tmp_path):
+    """The FSDP run's export of the tiny base model (BOS, no chat template) fine-tuned with xwin: its weights
+    are bf16 and it records its prompt; jobs.evaluate samples it with vLLM; Serve's chat route renders the user
+    message through xwin (the prompt ids SFT trained on: usage.prompt_tokens says so); a multi-turn chat is a 400."""
+    import openai
+    from ray import serve
+    from safetensors import safe_open
+    from transformers import AutoTokenizer
+
+    from jobs.evaluate import main as evaluate
+    from lib.openai_server import free_port
+    from lib.prompts import get_prompt, load_model_prompt
+    from serve.app import build_app
+
+    hf = repeated_batch_runs["fsdp"] / "hf"
+    with safe_open(hf / "model.safetensors", "pt") as f:
+        assert {f.get_slice(k).get_dtype() for k in f.keys()} == {"BF16"}
+    assert json.loads((hf / "config.json").read_text())["dtype"] == "bfloat16"
+    assert load_model_prompt(hf) == get_prompt("xwin")
+    assert json.loads((hf / "training_args.json").read_text())["prompt"]["name"] == "xwin"
+    metrics = evaluate(["--config", "jobs/configs/evaluate_tiny.yaml", f"model={hf}", "prompt=xwin", "limit=2",
+                        "samples_per_question=2", "max_tokens=8", f"output_dir={tmp_path / 'eval'}"]).metrics
+    gsm = metrics["gsm8k"]
+    assert gsm["num_questions"] == 2 and gsm["samples_per_question"] == 2
+    assert sum(gsm["status_counts"].values()) == 4 and gsm["status_counts"].get("error", 0) == 0
+
+    tokenizer = AutoTokenizer.from_pretrained(hf)
+    assert tokenizer.chat_template is None
+    port = free_port()
+    serve.start(http_options={"host": "127.0.0.1", "port": port})
+    try:
+        serve.run(build_app({"model": str(hf), "served_name": "sft", "api_keys_env": None, "allow_no_auth": True,
+                             "engine": {"gpu_memory_utilization": 0.2, "enforce_eager": True, "max_model_len": 512}}),
+                  name="sft", route_prefix="/")
+        client = openai.OpenAI(base_url=f"http://127.0.0.1:{port}/v1", api_key="unused", max_retries=0)
+        chat = client.chat.completions.create(model="sft", messages=[{"role": "user", "content": "What is 1+1?"}],
+                                              max_tokens=4, temperature=0)
+        assert chat.usage.prompt_tokens == len(get_prompt("xwin").token_ids("What is 1+1?", tokenizer))
+        with pytest.raises(openai.BadRequestError, match="single-turn prompt 'xwin'"):
+            client.chat.completions.create(model="sft", max_tokens=4, messages=[
+                {"role": "system", "content": "Be brief."}, {"role": "user", "content": "What is 1+1?"}])
+    finally:
+        serve.shutdown()
