@@ -1,7 +1,9 @@
 """The README's `ray job submit` lines, for real: a Ray head with its dashboard on 127.0.0.1 and token auth, a
 second node on the same machine, a copy of the checkout (its git files only, ../shared beside it), the README's
 exact command lines for evaluate_tiny and train_sft_tiny (made smaller with appended overrides), SUCCEEDED
-through the job API, exact row counts in the outputs. Only the processes this test started are stopped."""
+through the job API, exact row counts in the outputs. The evaluation is also the suite's check of the real
+embedded default model's answers: every stored verdict is what lib.grading.grade says of the stored text (one
+engine start for both). Only the processes this test started are stopped."""
 
 import json
 import os
@@ -20,6 +22,7 @@ import pyarrow.parquet as pq
 import pytest
 import requests
 
+from lib.grading import grade
 from lib.openai_server import free_port
 
 REPO = Path(__file__).resolve().parents[2]
@@ -146,7 +149,9 @@ def submit(line: str, overrides: list[str], cwd: Path, env: dict[str, str], log:
 @pytest.mark.slow
 def test_readme_ray_job_submit_lines_succeed_on_a_local_two_node_cluster(tmp_path):
     """evaluate_tiny and train_sft_tiny submitted with the README's lines run from Ray's copy of a checkout
-    (data shipped by cluster/runtime_env.yaml, token auth), SUCCEED, and write exactly the rows asked for."""
+    (data shipped by cluster/runtime_env.yaml, token auth), SUCCEED, and write exactly the rows asked for.
+    SmolLM2's samples on 2 GSM8K questions are real generations (tokens counted, finish reasons from the
+    engine) and each stored verdict equals lib.grading.grade on the stored text."""
     from ray.job_submission import JobStatus, JobSubmissionClient
 
     lines = readme_submit_lines()
@@ -170,7 +175,7 @@ def test_readme_ray_job_submit_lines_succeed_on_a_local_two_node_cluster(tmp_pat
         submit_env = {**env, "RAY_ADDRESS": cluster.address}
 
         eval_dir = tmp_path / "out" / "evaluate_tiny"
-        code = submit(lines["evaluate_tiny"], ["limit=2", "samples_per_question=3", "max_tokens=48",
+        code = submit(lines["evaluate_tiny"], ["limit=2", "samples_per_question=4", "max_tokens=128",
                                                f"output_dir={eval_dir}"], checkout, submit_env, tmp_path / "evaluate.log")
         train_dir = tmp_path / "out" / "train_sft_tiny"
         code_train = submit(lines["train_sft_tiny"], ["data.limit=16", "max_steps=2", "checkpoint_every=2",
@@ -179,7 +184,7 @@ def test_readme_ray_job_submit_lines_succeed_on_a_local_two_node_cluster(tmp_pat
         jobs = {j.entrypoint.split("--config ")[1].split()[0]: j for j in client.list_jobs()}
         assert {k: (v.status, v.entrypoint.split(" output_dir")[0]) for k, v in jobs.items()} == {
             "jobs/configs/evaluate_tiny.yaml": (JobStatus.SUCCEEDED, lines["evaluate_tiny"].split(" -- ")[1]
-                                                + " limit=2 samples_per_question=3 max_tokens=48"),
+                                                + " limit=2 samples_per_question=4 max_tokens=128"),
             "jobs/configs/train_sft_tiny.yaml": (JobStatus.SUCCEEDED, lines["train_sft_tiny"].split(" -- ")[1]
                                                  + " data.limit=16 max_steps=2 checkpoint_every=2"),
         }, ((tmp_path / "evaluate.log").read_text()[-3000:], (tmp_path / "train.log").read_text()[-3000:])
@@ -187,9 +192,16 @@ def test_readme_ray_job_submit_lines_succeed_on_a_local_two_node_cluster(tmp_pat
 
         samples = pq.read_table(eval_dir / "samples").to_pylist()
         assert sorted((r["question_id"], r["sample_idx"]) for r in samples) == [
-            (f"gsm8k/test/{q}", i) for q in range(2) for i in range(3)]
-        assert pq.read_table(eval_dir / "greedy").num_rows == 2
-        assert json.loads((eval_dir / "metrics.json").read_text())["gsm8k"]["num_questions"] == 2
+            (f"gsm8k/test/{q}", i) for q in range(2) for i in range(4)]
+        greedy = pq.read_table(eval_dir / "greedy").to_pylist()
+        assert len(greedy) == 2
+        for row in samples + greedy:
+            assert row["num_tokens"] > 0 and row["text"].strip() and row["finish_reason"] in ("stop", "length")
+            verdict = grade(row["text"], row["gold"])
+            assert (row["status"], row["extracted"]) == (verdict.status, verdict.extracted)
+        assert {r["gold"] for r in samples + greedy} == {"18", "3"}
+        metrics = json.loads((eval_dir / "metrics.json").read_text())["gsm8k"]
+        assert metrics["num_questions"] == 2 and sum(metrics["status_counts"].values()) == 8
         summary = json.loads((train_dir / "summary.json").read_text())
         assert (summary["examples"], summary["final_metrics"]["step"]) == (16, 2)
         assert len((train_dir / "metrics.jsonl").read_text().splitlines()) == 2

@@ -40,19 +40,16 @@ def raw_rows(out, kind="samples"):
     return sum(pq.read_metadata(p).num_rows for p in SampleStore(out).parts(kind))
 
 
-def test_1024_samples_extend_rerun_regrade(ray_cluster, tiny_model, tmp_path, caplog):
-    """1000 samples x 2 questions, then extended to 1024 (only the 24 missing per question are drawn),
-    a rerun draws nothing, re-grading keeps every row; outputs have the documented shape."""
+def test_1024_samples_rerun_regrade(ray_cluster, tiny_model, tmp_path, caplog):
+    """1024 samples x 2 questions, a rerun draws nothing, re-grading keeps every row; outputs have the documented
+    shape. (Extending a run to more samples per question is in the SIGKILL test below: its rerun asks for more.)"""
     out = tmp_path / "eval"
     caplog.set_level("INFO", logger="mathray.progress")
-    run(tiny_model, out, "limit=2", "samples_per_question=1000", "max_tokens=4", "resources.samples_per_request=128")
-    assert raw_rows(out) == 2000 and raw_rows(out, "greedy") == 2
-    # several chunks of one question share a batch: progress still counts both questions as done
-    assert "evaluate: 2002/2002 samples | questions_done 2 (" in caplog.text
-
     table = run(tiny_model, out, "limit=2", "samples_per_question=1024", "max_tokens=4", "resources.samples_per_request=128").table
+    # several chunks of one question share a batch: progress still counts both questions as done
+    assert "evaluate: 2050/2050 samples | questions_done 2 (" in caplog.text
     got = pairs(out)
-    assert raw_rows(out) == 2048 and len(set(got)) == 2048
+    assert raw_rows(out) == 2048 and len(set(got)) == 2048 and raw_rows(out, "greedy") == 2
     assert sorted(got) == sorted((q, i) for q in ("gsm8k/test/0", "gsm8k/test/1") for i in range(1024))
     assert len(pairs(out, "greedy")) == 2
 
@@ -96,11 +93,12 @@ def test_changed_sampling_settings_refuse_to_resume(tiny_model, tmp_path):
         run(tiny_model, out, "max_tokens=4", "temperature=1.0")
 
 
-def test_sigkill_mid_run_then_rerun_gives_exact_rows(ray_cluster, tiny_model, tmp_path, caplog):
-    """A run killed with SIGKILL mid-sampling (its own process and Ray) and rerun ends with exactly
-    questions x samples rows, no duplicates, and the rerun draws only the missing samples. The rerun joins
-    the suite's Ray (the resume is bookkeeping on disk, not Ray state); samples are 16 tokens: the kill only
-    needs sampling to outlast 3 parts (68 requests of 16 samples, one per batch)."""
+def test_sigkill_mid_run_then_rerun_with_more_samples_gives_exact_rows(ray_cluster, tiny_model, tmp_path, caplog):
+    """A run of 256 samples per question killed with SIGKILL mid-sampling (its own process and Ray), rerun
+    asking for 264: it ends with exactly questions x 264 rows, no duplicates, and the rerun draws only the
+    missing samples (the killed run's and the 8 more per question). The rerun joins the suite's Ray (the resume
+    is bookkeeping on disk, not Ray state); samples are 16 tokens: the kill only needs sampling to outlast 3
+    parts (68 requests of 16 samples, one per batch)."""
     out = tmp_path / "eval"
     sizes = ["limit=4", "samples_per_question=256", "max_tokens=16", "resources.samples_per_request=16",
              "resources.requests_per_batch=1"]
@@ -121,10 +119,11 @@ def test_sigkill_mid_run_then_rerun_gives_exact_rows(ray_cluster, tiny_model, tm
     assert 0 < len(before) < 1024, f"killed too late or too early: {len(before)} samples"
 
     caplog.set_level("INFO", logger="mathray")
-    run(tiny_model, out, *sizes)
-    to_draw = (1024 - len(before)) + (4 - greedy_before)
+    run(tiny_model, out, *sizes, "samples_per_question=264")
+    to_draw = (4 * 264 - len(before)) + (4 - greedy_before)
     assert f"sampling {to_draw} samples" in caplog.text
     after = pairs(out)
-    assert len(after) == 1024 and len(set(after)) == 1024 and raw_rows(out) == 1024
+    assert len(after) == 4 * 264 and len(set(after)) == 4 * 264 and raw_rows(out) == 4 * 264
+    assert sorted(after) == sorted((f"gsm8k/test/{q}", i) for q in range(4) for i in range(264))
     assert len(pairs(out, "greedy")) == 4 and raw_rows(out, "greedy") == 4
     assert before <= set(after)

@@ -184,7 +184,7 @@ def test_synthesis_job_uses_the_endpoint_as_its_teacher(endpoint, tmp_path, monk
     monkeypatch.setenv("SERVE_KEY", KEY)
     card = main(["--config", "jobs/configs/synthesize_tiny.yaml", "local_server=null", f"teacher.base_url={endpoint}/v1",
                  "teacher.model=mathray", "teacher.api_key_env=SERVE_KEY", "seed_limit=2", "stage.filters.verify=false",
-                 "teacher.max_tokens=256",  # this app's limits.max_tokens: a larger request is a 400, counted as failed
+                 "teacher.max_tokens=96",  # at most this app's limits.max_tokens (256): a larger request is a 400
                  f"output_dir={tmp_path / 'synth'}", "resources.cpus_per_client=0.25"]).card
     usage = card["usage"]  # requests are HTTP attempts: a retried one (a dropped keep-alive connection) counts twice
     assert usage["question"]["requests"] - usage["question"]["retries"] == 4 and card["totals"]["failed"] == 0
