@@ -1,42 +1,84 @@
-"""The Serve app on local Ray with the default model: the OpenAI client (chat, completions, streaming,
-models), best-of-N traces, /v1/verify verdicts, auth, limits, a bounded load test, and the synthesis job
-using the endpoint as its teacher."""
+"""The endpoint as `make serve` runs it (`python -m serve`, its own Ray) with the default model: the curl
+example it prints, the OpenAI client (chat, completions, streaming, models), best-of-N traces, /v1/verify
+verdicts, auth, limits, a bounded load test, the synthesis job using the endpoint as its teacher, and a clean
+exit on SIGTERM. One server for the module (one engine start)."""
 
 import asyncio
 import json
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
 
 import httpx
 import openai
 import pytest
+import yaml
 
 from lib.data import load_dataset
 from lib.grading import is_equivalent
 from lib.extraction import final_answer
 from lib.selection import group_answers, largest_first
 
-KEY = "test-key-1"
+REPO = Path(__file__).resolve().parents[2]
+KEY = "test-key-1"  # from the key file
+ENV_KEY = "make-serve-key"  # from $MATHRAY_API_KEYS, as `make serve` gives it
+LIMITS = {"max_n": 8, "max_best_of_n": 16, "max_tokens": 256, "max_prompt_tokens": 512, "max_body_bytes": 20_000}
 pytestmark = pytest.mark.slow
 
 
 @pytest.fixture(scope="module")
-def endpoint(ray_cluster, default_model, tmp_path_factory):
-    """The app from build_app, on a free port; shut down after the module so later tests get the CPUs back.
-    Keys come from a file (the replicas' environment is the Ray cluster's, fixed when it started)."""
-    from ray import serve
-
+def server(tmp_path_factory):
+    """`python -m serve` on a free port with the shipped CPU config, plus a key file and this module's limits;
+    keys from both $MATHRAY_API_KEYS and the file. Yields (process, log, port) once it prints its example;
+    killed after the module if the SIGTERM test has not stopped it."""
     from lib.openai_server import free_port
-    from serve.app import build_app
 
-    keys = tmp_path_factory.mktemp("serve") / "api_keys"
+    tmp = tmp_path_factory.mktemp("serve")
+    keys = tmp / "api_keys"
     keys.write_text(f"# one key per line\n{KEY}\nother-key\n")
-    port = free_port()
-    serve.start(http_options={"host": "127.0.0.1", "port": port})
-    args = {"model": "default", "api_keys_env": None, "api_keys_file": str(keys),
-            "engine": {"gpu_memory_utilization": 0.2, "enforce_eager": True, "cpu_threads_bind": "all"},
-            "limits": {"max_n": 8, "max_best_of_n": 16, "max_tokens": 256, "max_prompt_tokens": 512, "max_body_bytes": 20_000}}
-    serve.run(build_app(args), name="mathray", route_prefix="/")
-    yield f"http://127.0.0.1:{port}"
-    serve.shutdown()
+    config = yaml.safe_load((REPO / "serve/configs/serve_default_cpu.yaml").read_text())
+    args = config["applications"][0]["args"]
+    args["api_keys_file"] = str(keys)
+    args["limits"] = {**args.get("limits", {}), **LIMITS}
+    (tmp / "serve.yaml").write_text(yaml.safe_dump(config))
+    port, log = free_port(), tmp / "serve.log"
+    env = {**os.environ, "MATHRAY_API_KEYS": ENV_KEY, "RAY_ADDRESS": ""}
+    with open(log, "w") as out:
+        proc = subprocess.Popen([sys.executable, "-m", "serve", "--config", str(tmp / "serve.yaml"), "--port", str(port)],
+                                cwd=REPO, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+    try:
+        deadline = time.monotonic() + 300
+        while "Ctrl-C stops it" not in log.read_text():
+            assert proc.poll() is None, log.read_text()[-3000:]
+            assert time.monotonic() < deadline, "not ready after 300 s"
+            time.sleep(1)
+        yield proc, log, port
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+
+
+@pytest.fixture(scope="module")
+def endpoint(server):
+    return f"http://127.0.0.1:{server[2]}"
+
+
+def test_python_m_serve_prints_a_curl_example_that_names_the_env_var(server, endpoint):
+    """The example names the env var (first comma-separated key, double quotes so the shell expands it), never
+    the key itself; the env var's key is accepted."""
+    _, log, port = server
+    text = log.read_text()
+    assert re.search(rf'curl -s http://127.0.0.1:{port}/v1/chat/completions -H "Authorization: Bearer '
+                     r'\$\{MATHRAY_API_KEYS%%,\*\}"', text)
+    assert ENV_KEY not in text
+    client = openai.OpenAI(base_url=f"{endpoint}/v1", api_key=ENV_KEY, max_retries=0)
+    reply = client.chat.completions.create(model="mathray", messages=[{"role": "user", "content": "Hi"}], max_tokens=8)
+    assert reply.choices[0].message.content and reply.usage.completion_tokens <= 8
 
 
 @pytest.fixture
@@ -176,7 +218,7 @@ def test_bounded_load_32_clients_x_4_requests_no_5xx_no_lost_request(endpoint):
     assert len(codes) == 128 and codes.count(200) == 128
 
 
-def test_synthesis_job_uses_the_endpoint_as_its_teacher(endpoint, tmp_path, monkeypatch):
+def test_synthesis_job_uses_the_endpoint_as_its_teacher(ray_cluster, endpoint, tmp_path, monkeypatch):
     """The tiny synthesis config, pointed at this app instead of starting vLLM's server: every request
     answered (0 failed), and the data card counts them."""
     from jobs.synthesize import main
@@ -190,3 +232,10 @@ def test_synthesis_job_uses_the_endpoint_as_its_teacher(endpoint, tmp_path, monk
     assert usage["question"]["requests"] - usage["question"]["retries"] == 4 and card["totals"]["failed"] == 0
     assert usage["solution"]["requests"] - usage["solution"]["retries"] == 4 * card["stages"][3]["questions"]
     assert json.loads((tmp_path / "synth" / "summary.json").read_text())["seeds"] == 2
+
+
+def test_sigterm_shuts_python_m_serve_down(server):
+    """Last in the module: SIGTERM ends `python -m serve` with exit code 0 (Serve shut down gracefully)."""
+    proc, log, _ = server
+    proc.send_signal(signal.SIGTERM)
+    assert proc.wait(timeout=120) == 0, log.read_text()[-3000:]
