@@ -12,8 +12,14 @@ export RAY_ENABLE_UV_RUN_RUNTIME_ENV := 0
 
 .PHONY: install demo serve test test-fast test-gpu bench clean
 
+# DeepSpeed compiles its CPU collective op (shared-memory all-reduce) on first use: about a minute on 2 cores,
+# again whenever the venv's path changes (torch's extension cache is per user). Built here, not in the first
+# DeepSpeed training run; a no-op (3 s) once built, and on a CUDA accelerator.
 install: $(STAMP)
 	@$(PY) -m lib.models
+	@$(PY) -c "import deepspeed.ops; from deepspeed.accelerator import get_accelerator; \
+	b = get_accelerator().create_op_builder('ShareMemCommBuilder'); \
+	b is not None and deepspeed.ops.__compatible_ops__.get(b.NAME) and b.load()" 2>&1 | grep -v "Setting accelerator to CPU" || true
 
 # Re-runs only when the dependency list changes. torch first, pinned, so pip takes the CPU build;
 # torchvision/torchaudio wheels are CUDA builds that break `import transformers` on CPU torch.

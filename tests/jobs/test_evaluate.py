@@ -40,21 +40,55 @@ def raw_rows(out, kind="samples"):
     return sum(pq.read_metadata(p).num_rows for p in SampleStore(out).parts(kind))
 
 
-def test_1024_samples_rerun_regrade(ray_cluster, tiny_model, tmp_path, caplog):
-    """1024 samples x 2 questions, a rerun draws nothing, re-grading keeps every row; outputs have the documented
-    shape. (Extending a run to more samples per question is in the SIGKILL test below: its rerun asks for more.)"""
+def test_changed_sampling_settings_refuse_to_resume(tiny_model, tmp_path):
+    """Adding samples drawn at another temperature to a run's directory is refused before any work."""
     out = tmp_path / "eval"
-    caplog.set_level("INFO", logger="mathray.progress")
-    table = run(tiny_model, out, "limit=2", "samples_per_question=1024", "max_tokens=4", "resources.samples_per_request=128").table
-    # several chunks of one question share a batch: progress still counts both questions as done
-    assert "evaluate: 2050/2050 samples | questions_done 2 (" in caplog.text
+    out.mkdir()
+    (out / "config.yaml").write_text(yaml.safe_dump({"model": tiny_model, "temperature": 0.7, "prompt": "boxed", "max_tokens": 4, "top_p": 1.0}))
+    with pytest.raises(ConfigError, match=r"holds samples drawn with other settings \(temperature: 0.7 -> 1.0\)"):
+        run(tiny_model, out, "max_tokens=4", "temperature=1.0")
+
+
+def test_sigkill_then_rerun_to_1024_samples_gives_exact_rows_a_rerun_draws_nothing_and_regrade_keeps_all(
+        ray_cluster, tiny_model, tmp_path, caplog):
+    """A run of 1000 samples per question x 2 questions, killed with SIGKILL mid-sampling (its own process and
+    Ray), rerun asking for 1024: exactly 2 x 1024 rows, no duplicates, and the rerun draws only the missing
+    samples (the killed run's and the 24 more per question). A second rerun draws nothing; re-grading keeps
+    every row; the outputs have the documented shape. The reruns join the suite's Ray (the resume is
+    bookkeeping on disk, not Ray state). The killed run writes a part per 64-sample request (32 parts and the
+    greedy one), so sampling outlasts the 3 parts it waits for; the rerun asks 128 per request, 8 requests per
+    batch (several chunks of one question share a batch: progress still counts both questions as done)."""
+    out = tmp_path / "eval"
+    sizes = ["limit=2", "max_tokens=4"]
+    args = [sys.executable, "-m", "jobs.evaluate", "--config", "jobs/configs/evaluate_tiny.yaml", f"model={tiny_model}",
+            f"output_dir={out}", *ENGINE, *sizes, "samples_per_question=1000", "resources.samples_per_request=64",
+            "resources.requests_per_batch=1"]
+    proc = subprocess.Popen(args, cwd=REPO, env={**os.environ, "RAY_ADDRESS": ""}, start_new_session=True,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 240
+    try:
+        while time.monotonic() < deadline and len(SampleStore(out).parts("samples")) < 3:
+            assert proc.poll() is None, "the run finished before it could be killed"
+            time.sleep(0.2)
+    finally:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+    before = set(pairs(out))
+    greedy_before = len(pairs(out, "greedy"))
+    assert 0 < len(before) < 2000, f"killed too late or too early: {len(before)} samples"
+
+    caplog.set_level("INFO", logger="mathray")
+    table = run(tiny_model, out, *sizes, "samples_per_question=1024", "resources.samples_per_request=128").table
+    to_draw = (2 * 1024 - len(before)) + (2 - greedy_before)
+    assert f"sampling {to_draw} samples" in caplog.text
+    assert f"evaluate: {to_draw}/{to_draw} samples | questions_done 2 (" in caplog.text
     got = pairs(out)
-    assert raw_rows(out) == 2048 and len(set(got)) == 2048 and raw_rows(out, "greedy") == 2
+    assert raw_rows(out) == 2048 and len(set(got)) == 2048 and before <= set(got)
     assert sorted(got) == sorted((q, i) for q in ("gsm8k/test/0", "gsm8k/test/1") for i in range(1024))
-    assert len(pairs(out, "greedy")) == 2
+    assert len(pairs(out, "greedy")) == 2 and raw_rows(out, "greedy") == 2
 
     num_parts = len(SampleStore(out).parts("samples"))
-    run(tiny_model, out, "limit=2", "samples_per_question=1024", "max_tokens=4")
+    run(tiny_model, out, *sizes, "samples_per_question=1024")
     assert len(SampleStore(out).parts("samples")) == num_parts  # nothing re-sampled
 
     saved = json.loads((out / "metrics.json").read_text())
@@ -74,7 +108,7 @@ def test_1024_samples_rerun_regrade(ray_cluster, tiny_model, tmp_path, caplog):
     assert set(samples.column("status").to_pylist()) <= set(STATUSES)
     assert max(samples.column("num_tokens").to_pylist()) <= 4
 
-    metrics_after = run(tiny_model, out, "limit=2", "samples_per_question=1024", "max_tokens=4", "stage=grade").metrics
+    metrics_after = run(tiny_model, out, *sizes, "samples_per_question=1024", "stage=grade").metrics
     assert raw_rows(out) == 2048 and raw_rows(out, "greedy") == 2
     assert metrics_after["gsm8k"]["status_counts"] == entry["status_counts"]
     summary = json.loads((out / "summary.json").read_text())  # the last run's: stage=grade
@@ -82,48 +116,3 @@ def test_1024_samples_rerun_regrade(ray_cluster, tiny_model, tmp_path, caplog):
     assert set(summary["results"]["gsm8k"]) == {"greedy_pass@1", "pass@1", "pass@1024", "maj@1024"}
     assert summary["results"]["gsm8k"]["pass@1024"] == entry["pass@k"]["1024"] and "metrics" not in summary
     assert not (out / ".regrade").exists()
-
-
-def test_changed_sampling_settings_refuse_to_resume(tiny_model, tmp_path):
-    """Adding samples drawn at another temperature to a run's directory is refused before any work."""
-    out = tmp_path / "eval"
-    out.mkdir()
-    (out / "config.yaml").write_text(yaml.safe_dump({"model": tiny_model, "temperature": 0.7, "prompt": "boxed", "max_tokens": 4, "top_p": 1.0}))
-    with pytest.raises(ConfigError, match=r"holds samples drawn with other settings \(temperature: 0.7 -> 1.0\)"):
-        run(tiny_model, out, "max_tokens=4", "temperature=1.0")
-
-
-def test_sigkill_mid_run_then_rerun_with_more_samples_gives_exact_rows(ray_cluster, tiny_model, tmp_path, caplog):
-    """A run of 256 samples per question killed with SIGKILL mid-sampling (its own process and Ray), rerun
-    asking for 264: it ends with exactly questions x 264 rows, no duplicates, and the rerun draws only the
-    missing samples (the killed run's and the 8 more per question). The rerun joins the suite's Ray (the resume
-    is bookkeeping on disk, not Ray state); samples are 16 tokens: the kill only needs sampling to outlast 3
-    parts (68 requests of 16 samples, one per batch)."""
-    out = tmp_path / "eval"
-    sizes = ["limit=4", "samples_per_question=256", "max_tokens=16", "resources.samples_per_request=16",
-             "resources.requests_per_batch=1"]
-    args = [sys.executable, "-m", "jobs.evaluate", "--config", "jobs/configs/evaluate_tiny.yaml", f"model={tiny_model}",
-            f"output_dir={out}", *ENGINE, *sizes]
-    proc = subprocess.Popen(args, cwd=REPO, env={**os.environ, "RAY_ADDRESS": ""}, start_new_session=True,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    deadline = time.monotonic() + 240
-    try:
-        while time.monotonic() < deadline and len(SampleStore(out).parts("samples")) < 3:
-            assert proc.poll() is None, "the run finished before it could be killed"
-            time.sleep(0.2)
-    finally:
-        os.killpg(proc.pid, signal.SIGKILL)
-        proc.wait()
-    before = set(pairs(out))
-    greedy_before = len(pairs(out, "greedy"))
-    assert 0 < len(before) < 1024, f"killed too late or too early: {len(before)} samples"
-
-    caplog.set_level("INFO", logger="mathray")
-    run(tiny_model, out, *sizes, "samples_per_question=264")
-    to_draw = (4 * 264 - len(before)) + (4 - greedy_before)
-    assert f"sampling {to_draw} samples" in caplog.text
-    after = pairs(out)
-    assert len(after) == 4 * 264 and len(set(after)) == 4 * 264 and raw_rows(out) == 4 * 264
-    assert sorted(after) == sorted((f"gsm8k/test/{q}", i) for q in range(4) for i in range(264))
-    assert len(pairs(out, "greedy")) == 4 and raw_rows(out, "greedy") == 4
-    assert before <= set(after)

@@ -225,14 +225,14 @@ def test_tiny_config_with_vllms_server_then_cached_rerun(tmp_path):
     stand-in under the served model's name (the cache is keyed by model name and request, not by address): it
     proves no request was sent from its own log, and spares the suite a second vLLM server start."""
     out = tmp_path / "tiny"
-    sizes = ["seed_limit=2", "teacher.max_tokens=160", "stage.filters.verify_max_tokens=96"]
+    sizes = ["seed_limit=1", "teacher.max_tokens=160", "stage.filters.verify_max_tokens=96"]
     card = main(["--config", "jobs/configs/synthesize_tiny.yaml", f"output_dir={out}", *sizes]).card
     shown = json.dumps({k: card[k] for k in ("stages", "removals", "usage", "totals", "rows")}, indent=1)
     stages = {s["stage"]: s for s in card["stages"]}
-    assert stages["seeds"]["questions"] == 2 and stages["questions requested"]["questions"] == 4, shown
+    assert stages["seeds"]["questions"] == 1 and stages["questions requested"]["questions"] == 2, shown
     usage = card["usage"]
     # A dropped keep-alive connection is retried; `retries` counts those extra attempts exactly.
-    assert usage["question"]["requests"] - usage["question"]["retries"] == 4 and usage["question"]["failed"] == 0, shown
+    assert usage["question"]["requests"] - usage["question"]["retries"] == 2 and usage["question"]["failed"] == 0, shown
     assert usage["solution"]["requests"] - usage["solution"]["retries"] == 4 * stages["questions parsed"]["questions"], shown
     assert pq.read_table(out / "data").num_rows == card["rows"] == stages["final dataset"]["solutions"], shown
     assert (out / "data_card.md").exists() and card["totals"]["cost"] > 0, shown

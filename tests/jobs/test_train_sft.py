@@ -1,7 +1,8 @@
-"""SFT on Ray Train with 2 CPU workers (gloo): FSDP2 and DeepSpeed ZeRO-3 give the same losses and lower
-them; SIGKILL + rerun equals an uninterrupted run; the FSDP run's bf16 export evaluates with vLLM and answers
-Serve's chat route as trained. (The default-CPU config is in its own module, test_train_sft_default.py:
-`make test`'s xdist workers take a module at a time.)"""
+"""SFT on Ray Train with 2 CPU workers (gloo): a DeepSpeed ZeRO-3 run and an FSDP2 run that is SIGKILLed after
+its step-2 checkpoint and rerun give the same data order and losses, and lower the loss; the FSDP run's bf16
+export evaluates with vLLM and Serve answers chat (through the prompt SFT trained on) and completions from it.
+(The default-CPU config is in its own module, test_train_sft_default.py: `make test`'s xdist workers take a
+module at a time.)"""
 
 import json
 import os
@@ -26,27 +27,50 @@ def steps(out: Path) -> dict[int, dict]:
 
 
 # 8 examples, a global batch of 8, 6 epochs: the same examples every step (each step is one epoch), a
-# checkpoint every 2 steps; the tiny base model (BOS, no chat template) with the xwin prompt. The FSDP run is
-# also the uninterrupted run the SIGKILL test compares against, and the export the vLLM and Serve test loads.
+# checkpoint every 2 steps; the tiny base model (BOS, no chat template) with the xwin prompt.
 REPEATED = ["--config", TINY, "model=tiny-base", "prompt=xwin", "data.limit=8", "global_batch_size=8", "epochs=6",
             "max_steps=null", "checkpoint_every=2"]
 
 
+def kill_after_first_checkpoint(out: Path) -> None:
+    """Run REPEATED (FSDP) as its own process with its own Ray and SIGKILL its whole process group once the first
+    checkpoint is on disk."""
+    proc = subprocess.Popen([sys.executable, "-m", "jobs.train_sft", *REPEATED, f"output_dir={out}"], cwd=REPO,
+                            env={**os.environ, "RAY_ADDRESS": ""}, start_new_session=True,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 300
+    try:
+        while not list((out / "run").glob("checkpoint_*/trainer_state.json")):
+            assert proc.poll() is None, "the run ended before its first checkpoint"
+            assert time.monotonic() < deadline
+            time.sleep(0.2)
+    finally:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+
+
 @pytest.fixture(scope="module")
-def repeated_batch_runs(ray_cluster, tmp_path_factory) -> dict[str, Path]:
-    """The output directories of one uninterrupted run per strategy on REPEATED."""
-    outs = {}
-    for strategy in ("fsdp", "deepspeed"):
-        outs[strategy] = tmp_path_factory.mktemp("sft") / strategy
-        main([*REPEATED, f"output_dir={outs[strategy]}", f"strategy={strategy}"])
-    return outs
+def repeated_batch_runs(ray_cluster, tmp_path_factory) -> dict:
+    """Two runs of REPEATED: DeepSpeed uninterrupted, and FSDP killed after its step-2 checkpoint then rerun in
+    this process to the end. The uninterrupted run a resume is compared with is the other strategy's, at the
+    tolerance the strategies agree to (1e-4): a resume that loses the optimizer state, the schedule or the data
+    position moves the losses by 1e-3 or more here. One run fewer than an uninterrupted run per strategy."""
+    root = tmp_path_factory.mktemp("sft")
+    runs = {"deepspeed": root / "deepspeed", "fsdp": root / "fsdp"}
+    main([*REPEATED, f"output_dir={runs['deepspeed']}", "strategy=deepspeed"])
+    kill_after_first_checkpoint(runs["fsdp"])
+    killed_at = max(steps(runs["fsdp"]))
+    summary = main([*REPEATED, f"output_dir={runs['fsdp']}"])  # fsdp: the tiny config's strategy
+    return {**runs, "killed_at": killed_at, "summary": summary}
 
 
 def test_fsdp_and_deepspeed_lower_the_loss_on_a_repeated_batch_identically(repeated_batch_runs):
-    """Both strategies lower the loss at every step on the repeated batch and agree to 1e-4; both export an HF
-    directory and keep the last 2 checkpoints (steps 4 and 6)."""
+    """Both strategies lower the loss at every step on the repeated batch and agree to 1e-4 with the same
+    batches; both export an HF directory and keep the last 2 checkpoints (steps 4 and 6: the killed FSDP run's
+    step-2 checkpoint is dropped by its rerun)."""
     runs = {}
-    for strategy, out in repeated_batch_runs.items():
+    for strategy in ("fsdp", "deepspeed"):
+        out = repeated_batch_runs[strategy]
         runs[strategy] = steps(out)
         assert sorted(runs[strategy]) == [1, 2, 3, 4, 5, 6]
         assert all(sorted(r["batch"]) == list(range(8)) for r in runs[strategy].values())
@@ -56,46 +80,33 @@ def test_fsdp_and_deepspeed_lower_the_loss_on_a_repeated_batch_identically(repea
         assert {"config.json", "model.safetensors", "tokenizer.json", "training_args.json"} <= {p.name for p in hf.iterdir()}
         assert json.loads((hf / "training_args.json").read_text())["steps"] == 6
         kept = sorted(json.loads((p / "trainer_state.json").read_text())["step"] for p in (out / "run").glob("checkpoint_*") if p.is_dir())
-        assert kept == [4, 6]
+        assert kept == [4, 6], strategy
     for s in range(1, 7):
         assert runs["fsdp"][s]["loss"] == pytest.approx(runs["deepspeed"][s]["loss"], abs=1e-4)
         assert runs["fsdp"][s]["batch"] == runs["deepspeed"][s]["batch"]
 
 
-def test_sigkill_then_rerun_equals_an_uninterrupted_run(repeated_batch_runs, tmp_path):
-    """Kill the job (SIGKILL, its whole process group, its own Ray) after the step-2 checkpoint; the rerun
-    resumes there (at an epoch boundary: mid-epoch positions are unit-tested in tests/lib/test_stages.py):
-    every step consumes the same examples in the same order as the uninterrupted FSDP run, examples_seen
-    agrees, and the losses agree to 1e-5."""
-    killed = tmp_path / "killed"
-    proc = subprocess.Popen([sys.executable, "-m", "jobs.train_sft", *REPEATED, f"output_dir={killed}"], cwd=REPO,
-                            env={**os.environ, "RAY_ADDRESS": ""}, start_new_session=True,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    deadline = time.monotonic() + 300
-    try:
-        while not list((killed / "run").glob("checkpoint_*/trainer_state.json")):
-            assert proc.poll() is None, "the run ended before its first checkpoint"
-            assert time.monotonic() < deadline
-            time.sleep(0.2)
-    finally:
-        os.killpg(proc.pid, signal.SIGKILL)
-        proc.wait()
-    done_before = max(steps(killed))
-    assert 2 <= done_before < 6, f"killed at step {done_before}"
-    summary = main([*REPEATED, f"output_dir={killed}"])
-    assert summary.resumed_from is not None
-    a, b = steps(repeated_batch_runs["fsdp"]), steps(killed)
+def test_sigkill_then_rerun_equals_an_uninterrupted_run(repeated_batch_runs):
+    """The FSDP job was killed (SIGKILL, its whole process group, its own Ray) after the step-2 checkpoint; the
+    rerun resumed there (at an epoch boundary: mid-epoch positions are unit-tested in tests/lib/test_stages.py):
+    every step consumes the same examples in the same order as the uninterrupted run, examples_seen agrees, and
+    the losses agree to 1e-4."""
+    assert 2 <= repeated_batch_runs["killed_at"] < 6, f"killed at step {repeated_batch_runs['killed_at']}"
+    assert repeated_batch_runs["summary"].resumed_from is not None
+    a, b = steps(repeated_batch_runs["deepspeed"]), steps(repeated_batch_runs["fsdp"])
     assert sorted(a) == sorted(b) == [1, 2, 3, 4, 5, 6]
     for s in range(1, 7):
         assert a[s]["batch"] == b[s]["batch"] and a[s]["examples_seen"] == b[s]["examples_seen"] == 8 * s
-        assert a[s]["loss"] == pytest.approx(b[s]["loss"], abs=1e-5)
+        assert a[s]["loss"] == pytest.approx(b[s]["loss"], abs=1e-4)
     assert len({tuple(b[s]["batch"]) for s in range(1, 7)}) > 1  # reshuffled per epoch: the order is checked
 
 
 def test_a_base_model_export_is_bf16_evaluates_with_vllm_and_answers_chat_as_trained(repeated_batch_runs, tmp_path):
     """The FSDP run's export of the tiny base model (BOS, no chat template) fine-tuned with xwin: its weights
     are bf16 and it records its prompt; jobs.evaluate samples it with vLLM; Serve's chat route renders the user
-    message through xwin (the prompt ids SFT trained on: usage.prompt_tokens says so); a multi-turn chat is a 400."""
+    message through xwin (the prompt ids SFT trained on: usage.prompt_tokens says so); a multi-turn chat is a 400;
+    n=4 choices and a completion of exactly max_tokens come back from the checkpoint directory (this replaced a
+    test that served the tiny random model: one engine start for both)."""
     import openai
     from ray import serve
     from safetensors import safe_open
@@ -133,5 +144,13 @@ def test_a_base_model_export_is_bf16_evaluates_with_vllm_and_answers_chat_as_tra
         with pytest.raises(openai.BadRequestError, match="single-turn prompt 'xwin'"):
             client.chat.completions.create(model="sft", max_tokens=4, messages=[
                 {"role": "system", "content": "Be brief."}, {"role": "user", "content": "What is 1+1?"}])
+        chat = client.chat.completions.create(model="sft", messages=[{"role": "user", "content": "hello"}], n=4,
+                                              max_tokens=16, temperature=1.0, seed=0, stop=["NEVER-STOP"])
+        assert [c.index for c in chat.choices] == [0, 1, 2, 3]  # n choices, one prompt counted once
+        assert chat.usage.prompt_tokens == len(get_prompt("xwin").token_ids("hello", tokenizer))
+        lengths = sum(c.finish_reason == "length" for c in chat.choices)
+        assert 16 * lengths + (4 - lengths) <= chat.usage.completion_tokens <= 64
+        done = client.completions.create(model="sft", prompt="a b c", max_tokens=5, temperature=0)
+        assert done.usage.completion_tokens == 5 and done.choices[0].finish_reason == "length"
     finally:
         serve.shutdown()
