@@ -290,8 +290,8 @@ class Ingress:
         judged_tokens = 0
         scored = SERVE_RULES.get(spec.selection, spec.selection) in NEEDS_SCORES
         if scored and spec.reference is not None:
-            graded = await self.verifier.grade_many.remote(texts, spec.reference)
-            verdicts = {i: v["status"] == "correct" for i, v in enumerate(graded)}
+            judged = await self.verifier.judge_answers.remote(answers, spec.reference)
+            verdicts = {i: v for i, v in enumerate(judged) if v is not None}
         elif scored:
             reps = [g[0] for g in groups[:JUDGED_GROUPS]]
             judgements = await asyncio.gather(*[self.model.generate.remote(

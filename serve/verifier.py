@@ -1,7 +1,7 @@
 """The verifier deployment: ``lib.grading`` (math-verify in killable child processes) behind a handle.
 
-``verify`` grades one response against a reference; ``grade_many`` grades several; ``group`` groups
-extracted answers by equivalence (``lib.selection.group_answers``, for best-of-N). Graders never raise on
+``verify`` grades one response against a reference; for best-of-N, ``group`` groups the samples' answers by
+equivalence (``lib.selection.group_answers``) and ``judge_answers`` compares the same answers with a reference. Graders never raise on
 model output.
 
 A replica holds a :class:`lib.grading.GraderPool`: ``pool_size`` grader processes, each capped at
@@ -40,9 +40,17 @@ class Verifier:
                     "error": None}
         return asdict(await asyncio.to_thread(self.pool.grade, response, reference, self.budget_s))
 
-    async def grade_many(self, responses: list[str], reference: str) -> list[dict[str, Any]]:
-        verdicts = await asyncio.to_thread(self.pool.grade_many, [(r, reference, None) for r in responses], self.budget_s)
-        return [asdict(v) for v in verdicts]
+    async def judge_answers(self, answers: list[str | None], reference: str) -> list[bool | None]:
+        """Whether each answer equals ``reference``: the answers ``group`` groups (``lib.extraction.final_answer``
+        of each sample), so a sample's verdict and its group are about the same answer (grading the whole text
+        would extract "2 + 2 = 4" from ``\\boxed{2 + 2 = 4}``, which groups as "4"). None for a sample that states
+        no answer, and for every sample when no grader is free within the budget; a comparison past the budget
+        or past its timeout is False, as in ``group``."""
+
+        def run(same) -> list[bool | None]:
+            return [None if a is None else bool(same(a, reference)) for a in answers]
+
+        return await asyncio.to_thread(self.pool.equivalence, self.budget_s, run, lambda: [None] * len(answers))
 
     async def group(self, answers: list[str | None]) -> list[list[int]]:
         """Indices of equivalent answers, largest group first (ties: earliest first); None answers excluded.

@@ -70,7 +70,7 @@ class _Remote:
 
 
 def served_best_of_n(selection: str, texts: list[str], reference: str | None = None):
-    """Ingress.best_of_n with fake model/verifier handles (no Ray): returns (response, grade_many calls, judge calls)."""
+    """Ingress.best_of_n with fake model/verifier handles (no Ray): returns (response, judge_answers calls, judge calls)."""
     import asyncio
     from types import SimpleNamespace
 
@@ -85,13 +85,13 @@ def served_best_of_n(selection: str, texts: list[str], reference: str | None = N
 
     model = SimpleNamespace(generate=_Remote(generate))
     verifier = SimpleNamespace(group=_Remote(lambda answers: largest_first(group_answers(answers, same_canonical))),
-                               grade_many=_Remote(lambda ts, ref: [{"status": "correct" if f"boxed{{{ref}}}" in t else "incorrect"} for t in ts]))
+                               judge_answers=_Remote(lambda answers, ref: [None if a is None else a == ref for a in answers]))
     fake = SimpleNamespace(model=model, verifier=verifier, args=SimpleNamespace(served_name="mathray"),
                            engine_request=lambda body, n: {"n": n})
     body = ChatRequest.model_validate({"model": "mathray", "messages": [{"role": "user", "content": "q"}],
                                        "mathray": {"selection": selection, "n": len(texts), "reference": reference}})
     response = asyncio.run(Ingress.func_or_class.best_of_n(fake, body, "chat"))
-    return response, verifier.grade_many.calls, model.generate.calls[1:]
+    return response, verifier.judge_answers.calls, model.generate.calls[1:]
 
 
 TEXTS = ["2 + 2 = 5 so \\boxed{5}", "3 + 4 = 7 so \\boxed{7}", "2 + 2 = 5 so \\boxed{5}", "3 + 4 = 7 so \\boxed{7}",
@@ -127,3 +127,21 @@ def test_the_request_accepts_every_registry_rule_and_the_verifier_alias_only():
         assert BestOfN(selection=name).selection == name
     with pytest.raises(ValidationError, match="unknown selection 'best'"):
         BestOfN(selection="best")
+
+
+def test_the_verifier_judges_the_answers_it_groups():
+    """judge_answers compares the answers best-of-N groups (lib.extraction.final_answer of each sample) with the
+    reference, so a sample's verdict and its group are about the same answer; None for a sample stating none."""
+    import asyncio
+
+    from lib.extraction import final_answer
+    from serve.verifier import Verifier
+
+    texts = ["so \\boxed{2 + 2 = 4}", "\\boxed{5}", "I am not sure", "The answer is 4.0"]
+    answers = [final_answer(t) for t in texts]
+    assert answers == ["4", "5", None, "4.0"]
+    verifier = Verifier.func_or_class(pool_size=1)
+    try:
+        assert asyncio.run(verifier.judge_answers(answers, "4")) == [True, False, None, True]
+    finally:
+        verifier.pool.close()
