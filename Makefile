@@ -64,6 +64,7 @@ bench: install
 	$(PY) -m jobs.bench_serve
 	$(PY) -m jobs.bench_train
 	$(PY) -m jobs.bench_adaptive
+	$(PY) -m jobs.bench_engine
 
 clean:
 	rm -rf outputs .pytest_cache

@@ -91,12 +91,13 @@ def cpu_engine_env(cpu_threads_bind: str) -> dict[str, str]:
     reserved for the engine's scheduler; ``"auto"`` keeps vLLM's default; else the value is vLLM's core list.
 
     Processes: without CUDA the engine core and its worker run in the calling process
-    (``VLLM_ENABLE_V1_MULTIPROCESSING=0``; ``AsyncLLM`` and ``vllm serve`` keep their one engine-core process,
-    without a worker process beside it). vLLM's CPU build otherwise starts an engine-core process and a worker
-    process, each importing vLLM again: on a 2-core AVX2 machine the tiny model's ``vllm.LLM`` was ready in 25 s
-    instead of 76 s, ``AsyncLLM`` in 43 s instead of 53 s, at the same or higher tokens/s (the CPU backend has
-    no asynchronous scheduling for a separate process to overlap). On a GPU vLLM's default stays. A value the
-    caller set in the environment wins.
+    (``VLLM_ENABLE_V1_MULTIPROCESSING=0``: ``vllm.LLM`` steps it in place, :func:`start_async_engine` returns a
+    :class:`lib.threaded_engine.ThreadedAsyncEngine`; only ``vllm serve`` keeps its engine-core process). vLLM's
+    CPU build otherwise starts an engine-core process and a worker process, each importing vLLM again: on a
+    2-core AVX2 machine the tiny model's ``vllm.LLM`` was ready in 25 s instead of 76 s; SmolLM2's async engine
+    in 26 s instead of ``AsyncLLM``'s 39 s (``python -m jobs.bench_engine``), at the same tokens/s (the CPU
+    backend has no asynchronous scheduling for a separate process to overlap). On a GPU vLLM's default stays.
+    A value the caller set in the environment wins.
     """
     env: dict[str, str] = {}
     if "VLLM_ENABLE_V1_MULTIPROCESSING" not in os.environ:
@@ -140,14 +141,21 @@ def start_async_engine(model_path: str, engine_kwargs: dict[str, Any], online: b
     sampling gets ``vllm.LLM``'s (``UsageContext.LLM_CLASS``), an online endpoint gets ``vllm serve``'s
     (``OPENAI_API_SERVER``). ``AsyncLLM.from_engine_args`` alone takes ``ENGINE_CONTEXT``, whose fallbacks
     (``max_num_seqs`` 128, 2,048 batched tokens) cap the running batch below ``vllm.LLM``'s (256 and 4,096 on
-    the CPU build; 1,024 sequences and 16,384 tokens on an H100-class GPU). Explicit ``engine_kwargs`` win."""
+    the CPU build; 1,024 sequences and 16,384 tokens on an H100-class GPU). Explicit ``engine_kwargs`` win.
+    Where :func:`cpu_engine_env` keeps the engine core in-process (no CUDA), the same engine arguments start
+    :class:`lib.threaded_engine.ThreadedAsyncEngine` instead: ``AsyncLLM`` always spawns an engine-core process."""
     from vllm.engine.arg_utils import AsyncEngineArgs
     from vllm.usage.usage_lib import UsageContext
     from vllm.v1.engine.async_llm import AsyncLLM
 
     context = UsageContext.OPENAI_API_SERVER if online else UsageContext.LLM_CLASS
     kwargs = {"disable_log_stats": True, **engine_args(engine_kwargs)}  # as vllm.LLM: no stats line every 10 s
-    return AsyncLLM.from_engine_args(AsyncEngineArgs(model=model_path, **kwargs), usage_context=context)
+    args = AsyncEngineArgs(model=model_path, **kwargs)
+    if os.environ.get("VLLM_ENABLE_V1_MULTIPROCESSING") == "0":  # cpu_engine_env: the engine core in this process
+        from lib.threaded_engine import ThreadedAsyncEngine
+
+        return ThreadedAsyncEngine.from_engine_args(args, usage_context=context)
+    return AsyncLLM.from_engine_args(args, usage_context=context)
 
 
 class _SamplerBase:

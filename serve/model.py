@@ -42,7 +42,7 @@ class ModelServer:
         setup_logging()
         start = time.monotonic()
         self.args = ServeArgs.model_validate(args)
-        os.environ.update(cpu_engine_env(self.args.engine.cpu_threads_bind))  # inherited by the engine process
+        os.environ.update(cpu_engine_env(self.args.engine.cpu_threads_bind))  # before the engine starts
         path = resolve_model(self.args.model)
         self.tokenizer = AutoTokenizer.from_pretrained(path)
         self.template = load_model_prompt(path)  # the prompt a mathray export was fine-tuned with, or None

@@ -1,0 +1,168 @@
+"""vLLM's engine in the calling process, stepped by one thread, behind the calls mathray makes on ``AsyncLLM``.
+
+``AsyncLLM`` always runs its engine core in a second process. vLLM's CPU build starts that process with spawn
+(``CpuPlatform`` sets it, and so does a Ray actor), so every engine start imports vLLM twice and pickles the
+config across: on a 2-core AVX2 machine that is most of the difference between ``AsyncLLM``'s start and
+``vllm.LLM``'s in-process one. The CPU backend has no asynchronous scheduling for that second process to
+overlap, so nothing is lost by keeping the core here: :class:`ThreadedAsyncEngine` drives vLLM's own
+``LLMEngine`` (in-process engine core, ``VLLM_ENABLE_V1_MULTIPROCESSING=0``: the engine ``vllm.LLM`` uses) from
+one thread, and the event loop talks to it through two queues. Only the engine thread touches the engine.
+
+The surface is what :mod:`lib.sampling` and :mod:`serve.model` use: ``generate`` (an async iterator of
+``RequestOutput``; ``FINAL_ONLY`` or ``DELTA`` as the params say), ``abort``, ``check_health``, ``shutdown``,
+``get_tokenizer`` and ``model_config``. :func:`lib.sampling.start_async_engine` picks it where the engine core
+would run in-process (no CUDA); on a GPU ``AsyncLLM`` stays. vLLM is imported lazily (``lib`` stays pure).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import queue
+import threading
+from collections.abc import AsyncIterator
+from typing import Any
+
+log = logging.getLogger(__name__)
+
+
+class EngineDead(RuntimeError):
+    """The engine thread stopped (an exception in a step, or ``shutdown``): no request can be served."""
+
+
+_STOP = object()
+_ABORTED = object()  # ends a request's generate quietly
+
+
+class ThreadedAsyncEngine:
+    """``vllm.v1.engine.llm_engine.LLMEngine`` stepped by a daemon thread; coroutines in, ``RequestOutput`` out.
+
+    A request's outputs are handed to the event loop that called ``generate`` (``call_soon_threadsafe``);
+    an exception raised while adding a request fails that request alone; one raised by ``step`` fails every
+    request in flight and marks the engine dead (``check_health`` raises, as ``AsyncLLM``'s does)."""
+
+    def __init__(self, engine: Any):
+        self.engine = engine
+        self.model_config = engine.model_config
+        self._commands: queue.SimpleQueue = queue.SimpleQueue()
+        self._streams: dict[str, tuple[asyncio.AbstractEventLoop, asyncio.Queue]] = {}
+        self._error: BaseException | None = None
+        self._stopped = False  # set by the engine thread before it fails the requests still waiting
+        self._thread = threading.Thread(target=self._run, name="vllm-engine", daemon=True)
+        self._thread.start()
+
+    @classmethod
+    def from_engine_args(cls, engine_args: Any, usage_context: Any) -> ThreadedAsyncEngine:
+        from vllm.v1.engine.llm_engine import LLMEngine
+
+        return cls(LLMEngine.from_engine_args(engine_args, usage_context=usage_context, enable_multiprocessing=False))
+
+    def get_tokenizer(self) -> Any:
+        return self.engine.get_tokenizer()
+
+    # --- the event loop's side -------------------------------------------------------------------------------
+
+    async def generate(self, prompt: Any, params: Any, request_id: str) -> AsyncIterator[Any]:
+        """The request's outputs as the engine makes them; aborted in the engine if the caller stops early."""
+        self._raise_if_dead()
+        if request_id in self._streams:
+            raise ValueError(f"request id {request_id!r} is already in the engine")
+        outputs: asyncio.Queue = asyncio.Queue()
+        self._streams[request_id] = (asyncio.get_running_loop(), outputs)
+        if self._stopped:  # the thread stopped between the check above and now: it will not answer
+            self._streams.pop(request_id, None)
+            self._raise_if_dead()
+        self._commands.put(("add", request_id, prompt, params))
+        finished = False
+        try:
+            while True:
+                item = await outputs.get()
+                if item is _ABORTED:
+                    finished = True
+                    return
+                if isinstance(item, BaseException):
+                    finished = True
+                    raise item
+                yield item
+                if item.finished:
+                    finished = True
+                    return
+        finally:
+            self._streams.pop(request_id, None)
+            if not finished:  # cancelled, or the consumer stopped reading: free the engine's slot
+                self._commands.put(("abort", request_id))
+
+    async def abort(self, request_id: str) -> None:
+        """Stop a request (a no-op once it finished); its ``generate`` ends without a final output."""
+        stream = self._streams.pop(request_id, None)
+        self._commands.put(("abort", request_id))
+        if stream is not None:
+            stream[0].call_soon_threadsafe(stream[1].put_nowait, _ABORTED)
+
+    async def check_health(self) -> None:
+        self._raise_if_dead()
+
+    def shutdown(self) -> None:
+        """Stop the engine thread (requests in flight fail with :class:`EngineDead`) and free the engine."""
+        if self._thread.is_alive():
+            self._commands.put((_STOP,))
+            self._thread.join(timeout=60)
+        core = getattr(self.engine, "engine_core", None)
+        if core is not None:
+            core.shutdown()
+
+    def _raise_if_dead(self) -> None:
+        if self._error is not None:
+            raise EngineDead(f"the vLLM engine thread stopped: {self._error!r}") from self._error
+        if self._stopped or not self._thread.is_alive():
+            raise EngineDead("the vLLM engine thread stopped")
+
+    # --- the engine thread -----------------------------------------------------------------------------------
+
+    def _deliver(self, request_id: str, item: Any) -> None:
+        stream = self._streams.get(request_id)
+        if stream is not None:
+            try:
+                stream[0].call_soon_threadsafe(stream[1].put_nowait, item)
+            except RuntimeError:  # that event loop is closed: nobody is waiting
+                pass
+
+    def _handle(self, command: tuple) -> bool:
+        """Apply one command; False to stop."""
+        if command[0] is _STOP:
+            return False
+        if command[0] == "add":
+            _, request_id, prompt, params = command
+            if request_id not in self._streams:  # aborted before it reached the engine
+                return True
+            try:
+                self.engine.add_request(request_id, prompt, params)
+            except Exception as exc:  # noqa: BLE001 - a bad request fails itself, not the engine
+                self._deliver(request_id, exc)
+        else:
+            self.engine.abort_request([command[1]])
+        return True
+
+    def _run(self) -> None:
+        running = True
+        try:
+            while running:
+                # Idle: block for the next command. Busy: take what is queued, then step.
+                block = not self.engine.has_unfinished_requests()
+                try:
+                    command = self._commands.get(block=block)
+                    running = self._handle(command)
+                    while running:
+                        running = self._handle(self._commands.get_nowait())
+                except queue.Empty:
+                    pass
+                if running and self.engine.has_unfinished_requests():
+                    for output in self.engine.step():
+                        self._deliver(output.request_id, output)
+        except BaseException as exc:  # noqa: BLE001 - recorded; every waiting request gets it
+            log.exception("vLLM engine thread failed")
+            self._error = exc
+        self._stopped = True
+        failure = EngineDead(f"the vLLM engine thread stopped: {self._error!r}" if self._error else "the vLLM engine was shut down")
+        for request_id in list(self._streams):
+            self._deliver(request_id, failure)
