@@ -275,7 +275,7 @@ class AsyncVLLMSampler(_SamplerBase):
         self.tokenizer = self.engine.get_tokenizer()
         self.max_model_len = self.engine.model_config.max_model_len
         self.in_flight = 0  # requests in the engine, over all concurrent calls
-        log.info("vLLM async engine ready in %.1f s (%s)", time.monotonic() - start, engine_kwargs)
+        log.info("vLLM async engine (%s) ready in %.1f s (%s)", type(self.engine).__name__, time.monotonic() - start, engine_kwargs)
 
     async def _generate(self, prompt: dict, params: Any) -> Any:
         from vllm.sampling_params import RequestOutputKind

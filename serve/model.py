@@ -49,7 +49,8 @@ class ModelServer:
         self.engine = start_async_engine(  # vllm serve's scheduler defaults
             path, {"served_model_name": [self.args.served_name], **self.args.engine.kwargs()}, online=True)
         self.max_model_len = self.engine.model_config.max_model_len
-        log.info("model %s (%s) ready in %.1f s", self.args.served_name, path, time.monotonic() - start)
+        log.info("model %s (%s) ready in %.1f s on %s", self.args.served_name, path, time.monotonic() - start,
+                 type(self.engine).__name__)
 
     async def info(self) -> dict[str, Any]:
         return {"served_name": self.args.served_name, "model": self.args.model, "max_model_len": self.max_model_len}
