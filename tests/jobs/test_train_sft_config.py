@@ -1,13 +1,15 @@
 """The SFT job's config checks, before any work: the paper-scale configs suit a base model (no chat
-template), and a chat-template prompt is refused for one, naming the key."""
+template), and a chat-template prompt is refused for one, naming the key. The tokenized rows the workers read,
+from the driver and from the Ray Data stage."""
 
 from pathlib import Path
 
 import pytest
 
-from jobs.train_sft import TrainSFTConfig, check_config
+from jobs.train_sft import TrainSFTConfig, check_config, rows_from_blocks, tokenized_blocks
 from lib.config import ConfigError, load_config
-from lib.sft import uses_varlen
+from lib.sft import cached_tokenizer, tokenize_example, uses_varlen
+from lib.sft_data import load_pairs
 
 CONFIGS = Path(__file__).resolve().parents[2] / "jobs" / "configs"
 
@@ -45,3 +47,25 @@ def test_gpu_packing_with_a_mask_is_warned_about_before_work(use_gpu, packing, a
     assert len(messages) == int(warned)
     if warned:
         assert messages[0].startswith("packing with attn_implementation=sdpa on GPUs") and "packing: false" in messages[0]
+
+
+def test_tokenized_rows_are_the_same_from_the_driver_and_from_ray_data_in_idx_order(ray_cluster):
+    """5 GSM8K pairs: tokenized in the driver (one block) and by the Ray Data stage (``local_max`` below the
+    count), the workers read the same examples, each what ``tokenize_example`` makes of its pair; blocks handed
+    over out of order come back in ``idx`` order."""
+    import pyarrow as pa
+    import ray
+
+    config = load_config(TrainSFTConfig, CONFIGS / "train_sft_tiny.yaml", ["data.limit=5"])
+    local, n = tokenized_blocks(config)
+    by_ray_data, m = tokenized_blocks(config, local_max=4)
+    assert (n, m, len(local)) == (5, 5, 1)
+    tokenizer = cached_tokenizer(config.model)
+    expected = [tokenize_example(tokenizer, q, s, config.prompt, config.max_seq_len)
+                for _, q, s in load_pairs("gsm8k", "train", None, 5)]
+    assert rows_from_blocks(local) == rows_from_blocks(by_ray_data) == expected
+    table = ray.get(local[0])
+    assert table.column("idx").to_pylist() == [0, 1, 2, 3, 4]
+    shuffled = [ray.put(table.slice(3)), ray.put(pa.concat_tables([table.slice(1, 2), table.slice(0, 1)]))]
+    assert rows_from_blocks(shuffled) == expected
+    assert rows_from_blocks([]) == []
