@@ -1,6 +1,7 @@
 """lib.threaded_engine's bookkeeping on a scripted stand-in for vLLM's LLMEngine (the real engine behind it is
 exercised by the sampling, evaluation and Serve tests): outputs reach their own request, a bad request fails
-alone, a failing step fails every request and the health check, abort and an early stop free the engine."""
+alone, a failing step fails every request and the health check, abort and an early stop free the engine; the
+engine thread computes on as many OpenMP threads as the core binding names."""
 
 import asyncio
 import threading
@@ -8,7 +9,7 @@ from dataclasses import dataclass, field
 
 import pytest
 
-from lib.threaded_engine import EngineDead, ThreadedAsyncEngine
+from lib.threaded_engine import EngineDead, ThreadedAsyncEngine, bound_cores
 
 
 @dataclass
@@ -30,6 +31,7 @@ class ScriptedEngine:
     aborted: list = field(default_factory=list)
     threads: set = field(default_factory=set)
     steps: int = 0
+    omp_threads: set = field(default_factory=set)
 
     def get_tokenizer(self):
         return "tokenizer"
@@ -50,7 +52,10 @@ class ScriptedEngine:
         return bool(self.left)
 
     def step(self):
+        import torch
+
         self.threads.add(threading.get_ident())
+        self.omp_threads.add(torch.get_num_threads())
         if self.fail_at_step is not None and self.steps >= self.fail_at_step:
             raise RuntimeError("engine step failed")
         self.steps += 1
@@ -148,3 +153,35 @@ def test_abort_ends_the_request_quietly_and_a_consumer_that_stops_reading_frees_
     assert seen[:2] == [999, 998] and len(seen) < 1000
     assert scripted.aborted == ["ab", "early"] and not scripted.left
     engine.shutdown()
+
+
+@pytest.mark.parametrize("bind, cores", [("0,1", 2), ("0-3", 4), ("0-3,8|4-7", 5), (" 2 ", 1), ("", None), ("auto", None),
+                                         ("nobind", None)])
+def test_bound_cores_counts_the_first_ranks_cores(bind, cores):
+    assert bound_cores(bind) == cores
+
+
+def test_the_engine_thread_steps_on_the_bound_number_of_openmp_threads():
+    """A thread computes on PyTorch's process-wide thread count, which Ray's ``OMP_NUM_THREADS`` fixes for an
+    actor (1 for an actor reserving 1 CPU) whatever vLLM's core binding gave the thread that built the engine; the
+    engine thread sets the bound count first. Without a count it keeps what the process has."""
+    import torch
+
+    def count_in_a_new_thread() -> int:
+        seen = []
+        probe = threading.Thread(target=lambda: seen.append(torch.get_num_threads()))
+        probe.start()
+        probe.join()
+        return seen[0]
+
+    default = count_in_a_new_thread()
+    try:
+        for wanted, expected in ((None, default), (default + 1, default + 1)):
+            scripted = ScriptedEngine()
+            engine = ThreadedAsyncEngine(scripted, intra_op_threads=wanted)
+            assert asyncio.run(collect(engine, "a", length=2)) == [("a", 1, False), ("a", 0, True)]
+            engine.shutdown()
+            assert scripted.omp_threads == {expected}
+        assert count_in_a_new_thread() == default + 1  # process-wide: what an actor's later threads get too
+    finally:
+        torch._C.set_num_threads(default)  # the rest of this test process keeps its count
