@@ -79,7 +79,9 @@ def entry(main: Callable[[], Any], show: Callable[[Any], str], *, errors: tuple[
     """A job's ``__main__``: run ``main()``, print ``show(summary)``; errors become the exit codes above."""
     from lib.data import DataError
     from lib.output_dir import disk_full
+    from lib.ray_runtime import quiet_known_noise
 
+    quiet_known_noise()  # before anything imports Ray
     try:
         summary = main()
     except (ConfigError, DataError) as exc:
