@@ -65,6 +65,7 @@ bench: install
 	$(PY) -m jobs.bench_train
 	$(PY) -m jobs.bench_adaptive
 	$(PY) -m jobs.bench_engine
+	$(PY) -m jobs.bench_sft_rows
 
 clean:
 	rm -rf outputs .pytest_cache

@@ -28,7 +28,7 @@ import logging
 import tempfile
 import time
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 from pydantic import Field, field_validator
 
@@ -37,6 +37,9 @@ from lib.config import ConfigError, JobSummary, StrictModel, dump_config, git_co
 from lib.data import DataError
 from lib.progress import setup_logging
 from lib.ray_runtime import init_ray
+
+if TYPE_CHECKING:
+    from lib.sft import TokenizedRows
 
 log = logging.getLogger("mathray.train_sft")
 REPO = Path(__file__).resolve().parent.parent
@@ -177,7 +180,6 @@ def tokenized_blocks(config: TrainSFTConfig, local_max: int = LOCAL_TOKENIZE_MAX
     """The pairs -> (idx, input_ids, labels) as Arrow blocks in the object store (refs: the objects live while the
     caller holds them) and the number of pairs: tokenized here when there are at most ``local_max`` pairs, else by
     Ray Data."""
-    import pyarrow as pa
     import ray
 
     from lib.sft import tokenize_batch
@@ -188,30 +190,28 @@ def tokenized_blocks(config: TrainSFTConfig, local_max: int = LOCAL_TOKENIZE_MAX
     kwargs = {"model": config.model, "prompt": config.prompt, "max_len": config.max_seq_len}
     if len(items) <= local_max:
         batch = {key: [item[key] for item in items] for key in ("idx", "question", "solution")}
-        return [ray.put(pa.table(tokenize_batch(batch, **kwargs)))], len(items)
+        return [ray.put(tokenize_batch(batch, **kwargs))], len(items)
     # Ray tasks, not an actor: pooled workers (and their cached tokenizer) are reused between tasks.
     ds = ray.data.from_items(items).map_batches(tokenize_batch, fn_kwargs=kwargs, batch_size=256, num_cpus=0.5)
     return ds.materialize().to_arrow_refs(), len(items)  # tokenized before the workers take the CPUs
 
 
-def rows_from_blocks(blocks: list) -> list:
-    """Every tokenized example in ``idx`` order, from :func:`tokenized_blocks` (object refs, read from the object
-    store: shared memory on the worker's node). Every worker reads all rows and takes its slice
-    of each batch (``examples_for_rank``). A Ray Train dataset would do the same through a dataset-manager actor
-    and a streaming executor per worker, for no streaming here (the rows are sorted, and a resume needs them
-    all); measured on 2 CPUs, ``fit`` took as long either way (36-39 s for 2 tiny steps), so this is the simpler
-    path, not a faster one."""
+def rows_from_blocks(blocks: list) -> TokenizedRows:
+    """Every tokenized example in ``idx`` order, from :func:`tokenized_blocks` (object refs, mapped from the
+    object store: shared memory on the worker's node, one copy for its workers), read one example at a time
+    (``lib.sft.TokenizedRows``). Every worker sees all rows and takes its slice of each batch
+    (``examples_for_rank``). A Ray Train dataset would do the same through a dataset-manager actor and a
+    streaming executor per worker, for no streaming here (the rows are sorted, and a resume needs them all);
+    measured on 2 CPUs, ``fit`` took as long either way (36-39 s for 2 tiny steps), so this is the simpler path,
+    not a faster one."""
     import pyarrow as pa
     import ray
 
-    from lib.sft import Example
+    from lib.schemas import TOKENIZED_SCHEMA
+    from lib.sft import TokenizedRows
 
-    table = pa.concat_tables(ray.get(blocks)) if blocks else None
-    if table is None or table.num_rows == 0:
-        return []
-    table = table.sort_by("idx")
-    return [Example(ids, labels) for ids, labels in zip(table.column("input_ids").to_pylist(),
-                                                          table.column("labels").to_pylist())]
+    tables = ray.get(blocks) if blocks else []
+    return TokenizedRows(pa.concat_tables(tables) if tables else TOKENIZED_SCHEMA.empty_table())
 
 
 def latest_checkpoint(run_dir: Path):

@@ -9,6 +9,7 @@ Synthesis (``jobs/synthesize.py``)::
 
     seeds -> synthesis stage -> QUESTION_SCHEMA (questions/ parts) -> dedup, decontamination
         -> SFT_SCHEMA (data/ parts) -> ``lib.sft_data.load_pairs`` -> SFTPair (id, question, solution)
+        -> ``lib.sft.tokenize_batch`` -> TOKENIZED_SCHEMA (object-store blocks) -> ``lib.sft.TokenizedRows``
 
 A stage checks its input columns once, with :func:`check_columns`: a missing column is a
 :class:`SchemaError` naming the column and the file (or the stage) it is missing from, before any work.
@@ -93,6 +94,11 @@ SFT_SCHEMA = pa.schema(
      ("cost_usd", pa.float64())]
 )
 SFT_COLUMNS = tuple(SFT_SCHEMA.names)
+
+# ``lib.sft.tokenize_batch`` -> the SFT job's workers (``lib.sft.TokenizedRows``): one row per tokenized pair, ``idx``
+# its position among the job's pairs. int32 token ids (vocabularies are far below 2**31; labels hold -100 on prompt
+# tokens): half the memory of Python's default int64 inference, in the object store and in every worker's view.
+TOKENIZED_SCHEMA = pa.schema([("idx", pa.int64()), ("input_ids", pa.list_(pa.int32())), ("labels", pa.list_(pa.int32()))])
 
 
 class SFTPair(NamedTuple):

@@ -20,6 +20,7 @@ cross-example attention, and padded batches for comparison. Pure torch/transform
 from __future__ import annotations
 
 import functools
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -92,9 +93,14 @@ def _load_tokenizer(path: str, stamp: tuple) -> Any:
     return AutoTokenizer.from_pretrained(path)
 
 
-def tokenize_batch(batch: dict[str, Any], model: str, prompt: str, max_len: int) -> dict[str, list]:
-    """Ray Data ``map_batches`` function: (idx, question, solution) rows -> (idx, input_ids, labels), each row
-    :func:`tokenize_example` with ``model``'s tokenizer (:func:`cached_tokenizer`)."""
+def tokenize_batch(batch: dict[str, Any], model: str, prompt: str, max_len: int) -> Any:
+    """Ray Data ``map_batches`` function: (idx, question, solution) rows -> a pyarrow table of
+    ``lib.schemas.TOKENIZED_SCHEMA`` (idx, input_ids, labels), each row :func:`tokenize_example` with ``model``'s
+    tokenizer (:func:`cached_tokenizer`)."""
+    import pyarrow as pa
+
+    from lib.schemas import TOKENIZED_SCHEMA
+
     tokenizer = cached_tokenizer(model)
     out: dict[str, list] = {"idx": [], "input_ids": [], "labels": []}
     for i, q, s in zip(batch["idx"], batch["question"], batch["solution"]):
@@ -102,7 +108,43 @@ def tokenize_batch(batch: dict[str, Any], model: str, prompt: str, max_len: int)
         out["idx"].append(int(i))
         out["input_ids"].append(ex.input_ids)
         out["labels"].append(ex.labels)
-    return out
+    return pa.table(out, schema=TOKENIZED_SCHEMA)
+
+
+class TokenizedRows(Sequence):
+    """The tokenized examples of a job in ``idx`` order, read from their Arrow columns one example at a time.
+
+    Built from the tables :func:`tokenize_batch` wrote (object-store blocks, concatenated without a copy): the
+    only new memory is the ``idx`` order and the chunk offsets, not a Python list per example. A worker's
+    ``ray.get`` of a block maps it from the node's shared memory (pyarrow buffers pickle out of band), so the
+    workers of a node share one copy of the data. ``rows[i]`` is the :class:`Example` with ``idx == i``.
+    Python lists of every example took about 100 bytes per token in every worker (``jobs.bench_sft_rows``)."""
+
+    def __init__(self, table: Any):
+        import numpy as np
+
+        idx = table.column("idx").to_numpy()
+        if not np.array_equal(np.sort(idx), np.arange(len(idx))):
+            raise ValueError(f"tokenized rows: idx is not 0..{len(idx) - 1} (each once)")
+        self._position = np.argsort(idx, kind="stable")  # rows[i] is at table row _position[i]
+        self._columns = [table.column("input_ids"), table.column("labels")]
+        self._starts = [np.cumsum([0] + [len(c) for c in col.chunks]) for col in self._columns]
+
+    def __len__(self) -> int:
+        return len(self._position)
+
+    def _value(self, column: int, row: int) -> list[int]:
+        import numpy as np
+
+        starts = self._starts[column]
+        chunk = int(np.searchsorted(starts, row, side="right")) - 1
+        return self._columns[column].chunk(chunk)[row - int(starts[chunk])].as_py()
+
+    def __getitem__(self, i: int) -> Example:  # type: ignore[override]
+        if not -len(self) <= i < len(self):
+            raise IndexError(i)
+        row = int(self._position[i])
+        return Example(self._value(0, row), self._value(1, row))
 
 
 def pack(examples: list[Example], max_tokens: int) -> list[list[int]]:

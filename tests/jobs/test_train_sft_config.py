@@ -8,6 +8,7 @@ import pytest
 
 from jobs.train_sft import TrainSFTConfig, check_config, rows_from_blocks, tokenized_blocks
 from lib.config import ConfigError, load_config
+from lib.schemas import TOKENIZED_SCHEMA
 from lib.sft import cached_tokenizer, tokenize_example, uses_varlen
 from lib.sft_data import load_pairs
 
@@ -63,9 +64,10 @@ def test_tokenized_rows_are_the_same_from_the_driver_and_from_ray_data_in_idx_or
     tokenizer = cached_tokenizer(config.model)
     expected = [tokenize_example(tokenizer, q, s, config.prompt, config.max_seq_len)
                 for _, q, s in load_pairs("gsm8k", "train", None, 5)]
-    assert rows_from_blocks(local) == rows_from_blocks(by_ray_data) == expected
+    assert list(rows_from_blocks(local)) == list(rows_from_blocks(by_ray_data)) == expected
     table = ray.get(local[0])
-    assert table.column("idx").to_pylist() == [0, 1, 2, 3, 4]
+    assert table.column("idx").to_pylist() == [0, 1, 2, 3, 4] and table.schema == TOKENIZED_SCHEMA
+    assert {ray.get(ref).schema for ref in by_ray_data} == {TOKENIZED_SCHEMA}
     shuffled = [ray.put(table.slice(3)), ray.put(pa.concat_tables([table.slice(1, 2), table.slice(0, 1)]))]
-    assert rows_from_blocks(shuffled) == expected
-    assert rows_from_blocks([]) == []
+    assert list(rows_from_blocks(shuffled)) == expected
+    assert list(rows_from_blocks([])) == []

@@ -4,8 +4,9 @@ import pytest
 import torch
 
 from lib.prompts import get_prompt
-from lib.sft import (IGNORE, Example, cached_tokenizer, collate_packed, pack, per_example_losses, tokenize_batch,
-                     tokenize_example)
+from lib.schemas import TOKENIZED_SCHEMA
+from lib.sft import (IGNORE, Example, TokenizedRows, cached_tokenizer, collate_packed, pack, per_example_losses,
+                     tokenize_batch, tokenize_example)
 
 
 @pytest.fixture(scope="module")
@@ -42,9 +43,43 @@ def test_tokenize_batch_rows_are_tokenize_example_with_the_models_tokenizer(toke
     batch = {"idx": [3, 7], "question": ["What is 2+2?", "What is 1+1?"], "solution": ["\\boxed{4}", "It is 2."]}
     out = tokenize_batch(batch, model=default_model, prompt="boxed", max_len=60)
     want = [tokenize_example(tokenizer, q, s, "boxed", 60) for q, s in zip(batch["question"], batch["solution"])]
+    assert out.schema == TOKENIZED_SCHEMA
+    out = out.to_pydict()
     assert out == {"idx": [3, 7], "input_ids": [w.input_ids for w in want], "labels": [w.labels for w in want]}
     assert [len(ids) for ids in out["input_ids"]] == [60, 60]  # 63 and 62 tokens, truncated
     assert all(any(t != IGNORE for t in labels) for labels in out["labels"])
+
+
+def tokenized_table(rows: dict[int, tuple[list[int], list[int]]], chunks: list[list[int]]):
+    """A TOKENIZED_SCHEMA table of the given idx -> (ids, labels), one chunk per list of idx (in that order)."""
+    import pyarrow as pa
+
+    return pa.concat_tables([pa.table({"idx": part, "input_ids": [rows[i][0] for i in part],
+                                       "labels": [rows[i][1] for i in part]}, schema=TOKENIZED_SCHEMA)
+                             for part in chunks])
+
+
+def test_tokenized_rows_index_examples_by_idx_across_chunks_in_any_order():
+    """rows[i] is the example whose idx is i, wherever its chunk and row; len counts rows; an index past the end is
+    an IndexError (iteration stops there), a negative one counts from the end."""
+    rows = {i: ([100 + i] * (i + 2), [IGNORE] + [200 + i] * (i + 1)) for i in range(6)}
+    table = tokenized_table(rows, [[4, 1], [5], [0, 3, 2]])
+    assert [c.num_rows for c in table.to_batches()] == [2, 1, 3]
+    tokenized = TokenizedRows(table)
+    assert len(tokenized) == 6
+    assert list(tokenized) == [Example(*rows[i]) for i in range(6)]
+    assert tokenized[5] == tokenized[-1] == Example([105] * 7, [IGNORE] + [205] * 6)
+    assert tokenized[2].num_label_tokens == 3
+    with pytest.raises(IndexError):
+        tokenized[6]
+    assert list(TokenizedRows(TOKENIZED_SCHEMA.empty_table())) == []
+
+
+@pytest.mark.parametrize("idx", [[0, 2], [0, 0, 1], [1, 2]])
+def test_tokenized_rows_refuse_an_idx_column_that_is_not_each_position_once(idx):
+    rows = {i: ([1, 2], [IGNORE, 2]) for i in set(idx)}
+    with pytest.raises(ValueError, match=r"idx is not 0\.\.\d+ \(each once\)"):
+        TokenizedRows(tokenized_table(rows, [idx]))
 
 
 def test_cached_tokenizer_loads_once_per_directory_state(tiny_model, tmp_path):
