@@ -21,6 +21,7 @@ import logging
 import queue
 import threading
 from collections.abc import AsyncIterator
+from dataclasses import dataclass
 from typing import Any
 
 log = logging.getLogger(__name__)
@@ -32,6 +33,16 @@ class EngineDead(RuntimeError):
 
 _STOP = object()
 _ABORTED = object()  # ends a request's generate quietly
+
+
+@dataclass
+class _Stream:
+    """A request's way back to its ``generate``: the event loop it waits on, its queue of outputs, and whether it
+    was aborted (outputs the engine made before it saw the abort are dropped, not yielded)."""
+
+    loop: asyncio.AbstractEventLoop
+    outputs: asyncio.Queue
+    aborted: bool = False
 
 
 def bound_cores(bind: str) -> int | None:
@@ -59,7 +70,7 @@ class ThreadedAsyncEngine:
         self.model_config = engine.model_config
         self._intra_op_threads = intra_op_threads
         self._commands: queue.SimpleQueue = queue.SimpleQueue()
-        self._streams: dict[str, tuple[asyncio.AbstractEventLoop, asyncio.Queue]] = {}
+        self._streams: dict[str, _Stream] = {}
         self._error: BaseException | None = None
         self._stopped = False  # set by the engine thread before it fails the requests still waiting
         self._thread = threading.Thread(target=self._run, name="vllm-engine", daemon=True)
@@ -84,8 +95,8 @@ class ThreadedAsyncEngine:
         self._raise_if_dead()
         if request_id in self._streams:
             raise ValueError(f"request id {request_id!r} is already in the engine")
-        outputs: asyncio.Queue = asyncio.Queue()
-        self._streams[request_id] = (asyncio.get_running_loop(), outputs)
+        stream = _Stream(asyncio.get_running_loop(), asyncio.Queue())
+        self._streams[request_id] = stream
         if self._stopped:  # the thread stopped between the check above and now: it will not answer
             self._streams.pop(request_id, None)
             self._raise_if_dead()
@@ -93,8 +104,8 @@ class ThreadedAsyncEngine:
         finished = False
         try:
             while True:
-                item = await outputs.get()
-                if item is _ABORTED:
+                item = await stream.outputs.get()
+                if item is _ABORTED or stream.aborted:
                     finished = True
                     return
                 if isinstance(item, BaseException):
@@ -110,11 +121,14 @@ class ThreadedAsyncEngine:
                 self._commands.put(("abort", request_id))
 
     async def abort(self, request_id: str) -> None:
-        """Stop a request (a no-op once it finished); its ``generate`` ends without a final output."""
+        """Stop a request (a no-op once it finished); its ``generate`` ends at once, without a final output and
+        without the outputs the engine thread queued before the abort reached it (it steps ahead of a slow
+        consumer)."""
         stream = self._streams.pop(request_id, None)
         self._commands.put(("abort", request_id))
         if stream is not None:
-            stream[0].call_soon_threadsafe(stream[1].put_nowait, _ABORTED)
+            stream.aborted = True
+            stream.loop.call_soon_threadsafe(stream.outputs.put_nowait, _ABORTED)
 
     async def check_health(self) -> None:
         self._raise_if_dead()
@@ -140,7 +154,7 @@ class ThreadedAsyncEngine:
         stream = self._streams.get(request_id)
         if stream is not None:
             try:
-                stream[0].call_soon_threadsafe(stream[1].put_nowait, item)
+                stream.loop.call_soon_threadsafe(stream.outputs.put_nowait, item)
             except RuntimeError:  # that event loop is closed: nobody is waiting
                 pass
 

@@ -5,6 +5,7 @@ engine thread computes on as many OpenMP threads as the core binding names."""
 
 import asyncio
 import threading
+import time
 from dataclasses import dataclass, field
 
 import pytest
@@ -21,10 +22,12 @@ class Output:
 
 @dataclass
 class ScriptedEngine:
-    """Each request gets ``length`` outputs, one per step, the last finished. ``add_request`` raises for a
+    """Each request gets ``length`` outputs, one per step, the last finished; with ``stall_after``, a request
+    stops getting outputs after that many (it stays unfinished until aborted). ``add_request`` raises for a
     prompt "bad"; ``step`` raises once ``fail_at_step`` steps are done. Records the thread of every call."""
 
     length: int = 3
+    stall_after: int | None = None
     fail_at_step: int | None = None
     model_config: str = "config"
     left: dict = field(default_factory=dict)
@@ -61,6 +64,9 @@ class ScriptedEngine:
         self.steps += 1
         outputs = []
         for request_id in list(self.left):
+            if self.stall_after is not None and self.length - self.left[request_id] >= self.stall_after:
+                time.sleep(0.001)  # stalled: no output, and no busy loop in the engine thread
+                continue
             self.left[request_id] -= 1
             outputs.append(Output(request_id, self.left[request_id], self.left[request_id] == 0))
             if self.left[request_id] == 0:
@@ -123,7 +129,10 @@ def test_a_failing_step_fails_every_request_in_flight_and_the_health_check():
 
 
 def test_abort_ends_the_request_quietly_and_a_consumer_that_stops_reading_frees_its_slot():
-    scripted = ScriptedEngine(length=1000)
+    """An abort ends its generate at once: an output the engine thread had already queued (it steps ahead of a
+    slow consumer; a clean-clone run once got all 1000 of an unstalled request) is not yielded. Both requests
+    are aborted in the engine."""
+    scripted = ScriptedEngine(length=1000, stall_after=3)
     engine = ThreadedAsyncEngine(scripted)
 
     async def aborted():
@@ -131,6 +140,9 @@ def test_abort_ends_the_request_quietly_and_a_consumer_that_stops_reading_frees_
         async for output in engine.generate("p", 1000, "ab"):
             seen.append(output.token)
             if len(seen) == 2:
+                while scripted.steps < 4:  # the third output (997) is made and queued before the abort
+                    await asyncio.sleep(0.01)
+                await asyncio.sleep(0.01)
                 await engine.abort("ab")
         return seen
 
@@ -150,7 +162,7 @@ def test_abort_ends_the_request_quietly_and_a_consumer_that_stops_reading_frees_
         return seen
 
     seen = asyncio.run(main())
-    assert seen[:2] == [999, 998] and len(seen) < 1000
+    assert seen == [999, 998]  # none of the outputs the engine thread made before it saw the abort
     assert scripted.aborted == ["ab", "early"] and not scripted.left
     engine.shutdown()
 
